@@ -1,0 +1,1 @@
+//! Credentials (SCRAM material) and SASL server mechanisms; sans-IO.

@@ -1,0 +1,206 @@
+//! Storage ports. Adapters (SQLite today, PostgreSQL later) implement these traits; protocol
+//! code sees nothing else.
+//!
+//! XML payloads (vCards, private storage, offline messages) are stored as serialized text:
+//! the store never interprets them.
+
+use async_trait::async_trait;
+
+/// Storage failures a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row to create exists already (for example an account name taken).
+    #[error("already exists")]
+    Conflict,
+    /// The row to change does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A per-account quota was reached; nothing was written.
+    #[error("quota exceeded: {0}")]
+    Quota(&'static str),
+    /// The database failed or is unreachable; nothing was written.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// SCRAM material for one account (RFC 5802 §3): enough to verify any SCRAM or PLAIN login,
+/// never enough to recover the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCredentials {
+    /// Random salt shared by both hash variants.
+    pub salt: Vec<u8>,
+    /// PBKDF2 iteration count.
+    pub iterations: u32,
+    /// H(ClientKey) for SCRAM-SHA-1.
+    pub stored_key_sha1: Vec<u8>,
+    /// HMAC(SaltedPassword, "Server Key") for SCRAM-SHA-1.
+    pub server_key_sha1: Vec<u8>,
+    /// H(ClientKey) for SCRAM-SHA-256.
+    pub stored_key_sha256: Vec<u8>,
+    /// HMAC(SaltedPassword, "Server Key") for SCRAM-SHA-256.
+    pub server_key_sha256: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are password-equivalent for impersonating the server: never log them.
+        f.debug_struct("StoredCredentials")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accounts and their credentials. Usernames are the nodeprep'd localpart of the bare JID.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates an account; `Conflict` if the name is taken.
+    async fn create_account(
+        &self,
+        username: &str,
+        credentials: &StoredCredentials,
+    ) -> StoreResult<()>;
+    /// Deletes an account and everything it owns; `NotFound` if absent.
+    async fn delete_account(&self, username: &str) -> StoreResult<()>;
+    /// Replaces the credentials; `NotFound` if absent.
+    async fn set_credentials(
+        &self,
+        username: &str,
+        credentials: &StoredCredentials,
+    ) -> StoreResult<()>;
+    /// The credentials of an account, or `None` if it does not exist.
+    async fn credentials(&self, username: &str) -> StoreResult<Option<StoredCredentials>>;
+    /// Whether the account exists.
+    async fn account_exists(&self, username: &str) -> StoreResult<bool>;
+    /// All usernames, sorted.
+    async fn list_accounts(&self) -> StoreResult<Vec<String>>;
+}
+
+/// RFC 6121 §2.1.2.5 subscription states as stored on the roster item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Subscription {
+    /// Neither side is subscribed.
+    #[default]
+    None,
+    /// The user receives the contact's presence.
+    To,
+    /// The contact receives the user's presence.
+    From,
+    /// Both directions.
+    Both,
+}
+
+impl Subscription {
+    /// The value of the roster item's `subscription` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::To => "to",
+            Self::From => "from",
+            Self::Both => "both",
+        }
+    }
+
+    /// Parses the stored or wire value.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "none" => Self::None,
+            "to" => Self::To,
+            "from" => Self::From,
+            "both" => Self::Both,
+            _ => return None,
+        })
+    }
+
+    /// Whether the user receives the contact's presence.
+    pub fn has_to(self) -> bool {
+        matches!(self, Self::To | Self::Both)
+    }
+
+    /// Whether the contact receives the user's presence.
+    pub fn has_from(self) -> bool {
+        matches!(self, Self::From | Self::Both)
+    }
+}
+
+/// One row of a user's roster, including the server-side subscription bookkeeping that
+/// RFC 6121 §3 needs but clients only partly see.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RosterItem {
+    /// The contact's bare JID.
+    pub jid: String,
+    /// The handle the user gave the contact.
+    pub name: Option<String>,
+    /// Current subscription state.
+    pub subscription: Subscription,
+    /// The user asked to subscribe and awaits an answer ("Pending Out", shown as `ask='subscribe'`).
+    pub ask_out: bool,
+    /// The contact asked to subscribe and awaits the user's answer ("Pending In"). The request
+    /// stanza is kept so it can be redelivered at each login (RFC 6121 §3.1.3).
+    pub pending_in: Option<String>,
+    /// The user pre-approved a subscription request from the contact (RFC 6121 §3.4).
+    pub approved: bool,
+    /// Groups the item is filed under.
+    pub groups: Vec<String>,
+    /// False for rows that exist only to remember a pending-in request or pre-approval: those
+    /// are not shown to clients until the user adds the contact (RFC 6121 §3.1.3).
+    pub in_roster: bool,
+}
+
+/// Rosters, versioned per user for XEP-0237.
+#[async_trait]
+pub trait RosterStore: Send + Sync {
+    /// All rows of a user's roster (including hidden bookkeeping rows) and the roster version.
+    async fn roster(&self, username: &str) -> StoreResult<(u64, Vec<RosterItem>)>;
+    /// One row, if present.
+    async fn roster_item(&self, username: &str, contact: &str) -> StoreResult<Option<RosterItem>>;
+    /// Inserts or replaces a row; returns the new roster version.
+    async fn put_roster_item(&self, username: &str, item: &RosterItem) -> StoreResult<u64>;
+    /// Deletes a row; returns the new roster version.
+    async fn remove_roster_item(&self, username: &str, contact: &str) -> StoreResult<u64>;
+}
+
+/// A message kept for an account with no available resource (XEP-0160).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Serialized `<message/>`.
+    pub xml: String,
+    /// When the server received it, in milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+}
+
+/// Offline message storage (XEP-0160).
+#[async_trait]
+pub trait OfflineStore: Send + Sync {
+    /// Keeps a message; `Quota` when the account holds too many already.
+    async fn push_offline(&self, username: &str, message: &OfflineMessage) -> StoreResult<()>;
+    /// Returns and deletes every stored message, oldest first.
+    async fn take_offline(&self, username: &str) -> StoreResult<Vec<OfflineMessage>>;
+}
+
+/// Private XML storage (XEP-0049), vCards (XEP-0054) and similar per-account documents.
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    /// A stored document under a key (for XEP-0049 the key is `name|namespace`).
+    async fn document(&self, username: &str, key: &str) -> StoreResult<Option<String>>;
+    /// Stores or replaces a document.
+    async fn put_document(&self, username: &str, key: &str, xml: &str) -> StoreResult<()>;
+}
+
+/// Blocklists (XEP-0191).
+#[async_trait]
+pub trait BlockStore: Send + Sync {
+    /// The JIDs the user blocks, sorted.
+    async fn blocklist(&self, username: &str) -> StoreResult<Vec<String>>;
+    /// Adds JIDs to the blocklist (already blocked ones are ignored).
+    async fn block(&self, username: &str, jids: &[String]) -> StoreResult<()>;
+    /// Removes JIDs from the blocklist; an empty slice empties it (XEP-0191 §3.4).
+    async fn unblock(&self, username: &str, jids: &[String]) -> StoreResult<()>;
+}
+
+/// Everything the IM core needs from storage, as one object the server wires in.
+pub trait Store: AccountStore + RosterStore + OfflineStore + DocumentStore + BlockStore {}
+
+impl<T: AccountStore + RosterStore + OfflineStore + DocumentStore + BlockStore> Store for T {}

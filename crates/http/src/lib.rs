@@ -1,0 +1,1 @@
+//! HTTP listener: health, metrics and (later) the client and open-platform APIs.

@@ -1,0 +1,1 @@
+//! Network listeners: TCP, STARTTLS upgrade, connection limits and descriptor exhaustion handling.

@@ -1,0 +1,1 @@
+//! Router: RFC 6121 delivery rules and the hook chain.

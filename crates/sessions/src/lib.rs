@@ -1,0 +1,355 @@
+//! Session manager: which resources of which accounts are online here, and a bounded mailbox
+//! into each of them.
+//!
+//! **Architecture invariant:** sessions never call each other. The router looks a resource up
+//! here and posts into its mailbox; the owning connection task drains it. This crate holds no
+//! protocol logic beyond RFC 6121 §8.5.2.1.1's choice of "most available" resources.
+
+use confab_core::{BareJid, Element, FullJid, Jid, Stanza, StreamErrorCondition};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio::sync::{Notify, mpsc};
+
+/// Identifies one bound session for its lifetime (a reconnect gets a new id).
+pub type SessionId = u64;
+
+/// Work posted to a session's connection task.
+#[derive(Debug)]
+pub enum SessionCommand {
+    /// Write this stanza to the client. Boxed so the mailbox slot stays pointer-sized.
+    Deliver(Box<Stanza>),
+}
+
+/// Why a stanza could not be posted to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The session is closing or gone.
+    #[error("session closed")]
+    Closed,
+    /// The mailbox is full: the session is too slow and is being disconnected.
+    #[error("mailbox full")]
+    Overflow,
+}
+
+/// Per-resource presence state the router and presence features read and update.
+#[derive(Debug, Default)]
+pub struct PresenceState {
+    /// The last broadcast available presence; `None` until initial presence (and after
+    /// unavailable), which makes the resource not "available" in RFC 6121 §4.
+    pub presence: Option<Element>,
+    /// Priority from the last available presence (RFC 6121 §4.7.2.3).
+    pub priority: i8,
+    /// The resource asked for the roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    pub roster_requested: bool,
+    /// Entities this resource sent directed presence to; they get unavailable presence when
+    /// it goes offline (RFC 6121 §4.6.3).
+    pub directed_to: HashSet<Jid>,
+}
+
+/// One bound resource.
+pub struct Resource {
+    /// Unique id of this session.
+    pub id: SessionId,
+    /// The bound full JID.
+    pub jid: FullJid,
+    mailbox: mpsc::Sender<SessionCommand>,
+    /// Presence bookkeeping.
+    pub state: Mutex<PresenceState>,
+    kick: Mutex<Option<(StreamErrorCondition, &'static str)>>,
+    kicked: Notify,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("id", &self.id)
+            .field("jid", &self.jid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving half a connection task owns.
+pub struct Mailbox {
+    /// Stanzas to write.
+    pub receiver: mpsc::Receiver<SessionCommand>,
+}
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Resource {
+    /// Creates a resource and its mailbox of `capacity` stanzas.
+    pub fn new(jid: FullJid, capacity: usize) -> (Arc<Self>, Mailbox) {
+        let (mailbox, receiver) = mpsc::channel(capacity.max(1));
+        let resource = Arc::new(Self {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            jid,
+            mailbox,
+            state: Mutex::new(PresenceState::default()),
+            kick: Mutex::new(None),
+            kicked: Notify::new(),
+        });
+        (resource, Mailbox { receiver })
+    }
+
+    /// Posts a stanza. Overflow policy: a session whose mailbox is full is kicked with
+    /// `policy-violation` rather than slowing the sender or growing without bound; the
+    /// stanza is reported undelivered so the caller can fall back (for example to storage).
+    pub fn send(&self, stanza: Stanza) -> Result<(), DeliveryError> {
+        match self
+            .mailbox
+            .try_send(SessionCommand::Deliver(Box::new(stanza)))
+        {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick(
+                    StreamErrorCondition::PolicyViolation,
+                    "mailbox overflow: client too slow",
+                );
+                Err(DeliveryError::Overflow)
+            }
+        }
+    }
+
+    /// Asks the connection task to close with a stream error (RFC 6120 §4.9).
+    pub fn kick(&self, condition: StreamErrorCondition, text: &'static str) {
+        let mut kick = self.kick.lock();
+        if kick.is_none() {
+            *kick = Some((condition, text));
+        }
+        drop(kick);
+        self.kicked.notify_one();
+    }
+
+    /// Resolves when the session was kicked; returns the condition to send.
+    pub async fn kicked(&self) -> (StreamErrorCondition, &'static str) {
+        loop {
+            if let Some(reason) = *self.kick.lock() {
+                return reason;
+            }
+            self.kicked.notified().await;
+        }
+    }
+
+    /// Whether the resource sent available presence and has not gone unavailable.
+    pub fn is_available(&self) -> bool {
+        self.state.lock().presence.is_some()
+    }
+
+    /// Current priority.
+    pub fn priority(&self) -> i8 {
+        self.state.lock().priority
+    }
+
+    /// Whether this resource requested the roster and so receives roster pushes.
+    pub fn is_interested(&self) -> bool {
+        self.state.lock().roster_requested
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// All bound resources on this node, sharded by bare JID to keep lock contention low.
+pub struct SessionManager {
+    shards: Box<[RwLock<HashMap<BareJid, Vec<Arc<Resource>>>>]>,
+    count: AtomicUsize,
+}
+
+impl Default for SessionManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionManager {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, bare: &BareJid) -> &RwLock<HashMap<BareJid, Vec<Arc<Resource>>>> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bare.hash(&mut hasher);
+        &self.shards[(hasher.finish() as usize) % SHARDS]
+    }
+
+    /// Registers a resource. If the same full JID was bound already, the old session is
+    /// removed and returned so the caller can close it with `conflict` (RFC 6120 §7.7.2.2).
+    pub fn bind(&self, resource: Arc<Resource>) -> Option<Arc<Resource>> {
+        let bare = resource.jid.to_bare();
+        let mut shard = self.shard(&bare).write();
+        let list = shard.entry(bare).or_default();
+        let replaced = list
+            .iter()
+            .position(|r| r.jid == resource.jid)
+            .map(|index| list.swap_remove(index));
+        list.push(resource);
+        if replaced.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        replaced
+    }
+
+    /// Removes a session if it is still the one bound to its JID. Returns whether it was.
+    pub fn unbind(&self, resource: &Resource) -> bool {
+        let bare = resource.jid.to_bare();
+        let mut shard = self.shard(&bare).write();
+        let Some(list) = shard.get_mut(&bare) else {
+            return false;
+        };
+        let Some(index) = list.iter().position(|r| r.id == resource.id) else {
+            return false;
+        };
+        list.swap_remove(index);
+        if list.is_empty() {
+            shard.remove(&bare);
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Every bound resource of an account.
+    pub fn resources(&self, bare: &BareJid) -> Vec<Arc<Resource>> {
+        self.shard(bare)
+            .read()
+            .get(bare)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The session bound to a full JID.
+    pub fn get(&self, full: &FullJid) -> Option<Arc<Resource>> {
+        let bare = full.to_bare();
+        self.shard(&bare)
+            .read()
+            .get(&bare)?
+            .iter()
+            .find(|r| &r.jid == full)
+            .cloned()
+    }
+
+    /// Available resources with the highest non-negative priority; all of them on a tie
+    /// (RFC 6121 §8.5.2.1.1).
+    pub fn most_available(&self, bare: &BareJid) -> Vec<Arc<Resource>> {
+        let candidates: Vec<(i8, Arc<Resource>)> = self
+            .resources(bare)
+            .into_iter()
+            .filter_map(|r| {
+                let state = r.state.lock();
+                let priority = state.priority;
+                let available = state.presence.is_some() && priority >= 0;
+                drop(state);
+                available.then_some((priority, r))
+            })
+            .collect();
+        let Some(best) = candidates.iter().map(|(p, _)| *p).max() else {
+            return Vec::new();
+        };
+        candidates
+            .into_iter()
+            .filter(|(p, _)| *p == best)
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// Available resources with non-negative priority (RFC 6121 §8.5.2.1.2 headlines and
+    /// presence broadcast).
+    pub fn available(&self, bare: &BareJid) -> Vec<Arc<Resource>> {
+        self.resources(bare)
+            .into_iter()
+            .filter(|r| r.is_available())
+            .collect()
+    }
+
+    /// Number of bound sessions.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether no session is bound.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every bound session (for shutdown).
+    pub fn all(&self) -> Vec<Arc<Resource>> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.read().values().flatten().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(s: &str) -> FullJid {
+        FullJid::new(s).expect("jid")
+    }
+
+    fn available(resource: &Resource, priority: i8) {
+        let mut state = resource.state.lock();
+        state.presence = Some(Element::bare("presence", "jabber:client"));
+        state.priority = priority;
+    }
+
+    #[test]
+    fn rebinding_same_full_jid_returns_the_old_session() {
+        let manager = SessionManager::new();
+        let (first, _m1) = Resource::new(full("a@x/r"), 8);
+        let (second, _m2) = Resource::new(full("a@x/r"), 8);
+        assert!(manager.bind(first.clone()).is_none());
+        let replaced = manager.bind(second.clone()).expect("conflict");
+        assert_eq!(replaced.id, first.id);
+        assert_eq!(manager.len(), 1);
+        assert!(
+            !manager.unbind(&first),
+            "the replaced session no longer owns the JID"
+        );
+        assert!(manager.unbind(&second));
+        assert!(manager.is_empty());
+    }
+
+    #[test]
+    fn most_available_picks_highest_priority_and_ties() {
+        let manager = SessionManager::new();
+        let (a, _m1) = Resource::new(full("a@x/1"), 8);
+        let (b, _m2) = Resource::new(full("a@x/2"), 8);
+        let (c, _m3) = Resource::new(full("a@x/3"), 8);
+        let (d, _m4) = Resource::new(full("a@x/4"), 8);
+        for r in [&a, &b, &c, &d] {
+            manager.bind(r.clone());
+        }
+        available(&a, 5);
+        available(&b, 5);
+        available(&c, 1);
+        available(&d, -1);
+        let bare = BareJid::new("a@x").expect("jid");
+        let mut ids: Vec<_> = manager.most_available(&bare).iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![a.id, b.id]);
+        available(&a, -2);
+        available(&b, -2);
+        available(&c, -2);
+        assert!(
+            manager.most_available(&bare).is_empty(),
+            "negative priority never receives bare-JID messages"
+        );
+    }
+
+    #[test]
+    fn full_mailbox_kicks_the_session() {
+        let (resource, _mailbox) = Resource::new(full("a@x/r"), 1);
+        let stanza = Stanza::new(Element::bare("message", "jabber:client"));
+        assert_eq!(resource.send(stanza.clone()), Ok(()));
+        assert_eq!(resource.send(stanza), Err(DeliveryError::Overflow));
+        assert!(resource.kick.lock().is_some());
+    }
+}

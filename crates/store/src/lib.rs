@@ -1,0 +1,1 @@
+//! SQLite storage adapter implementing the core store ports.
