@@ -38,6 +38,10 @@ pub enum StanzaParseError {
     /// A `to` or `from` that is not a valid JID (RFC 6120 §8.3.3.8).
     #[error("malformed JID in '{attribute}': {value}")]
     MalformedJid {
+        /// The kind of the offending stanza, so an error reply can be built.
+        kind: StanzaKind,
+        /// Its id, if it had one.
+        id: Option<String>,
         /// The attribute holding the bad JID.
         attribute: &'static str,
         /// The bad value.
@@ -67,8 +71,21 @@ impl Stanza {
             ("iq", ns::CLIENT) => StanzaKind::Iq,
             (name, _) => return Err(StanzaParseError::UnsupportedKind(name.to_owned())),
         };
-        let to = parse_jid_attr(&element, "to")?;
-        let from = parse_jid_attr(&element, "from")?;
+        let (to, from) = match (
+            parse_jid_attr(&element, "to"),
+            parse_jid_attr(&element, "from"),
+        ) {
+            (Ok(to), Ok(from)) => (to, from),
+            (Err((attribute, value)), _) | (_, Err((attribute, value))) => {
+                let id = element.attr("id").map(str::to_owned);
+                return Err(StanzaParseError::MalformedJid {
+                    kind,
+                    id,
+                    attribute,
+                    value,
+                });
+            }
+        };
         Ok(Self {
             kind,
             to,
@@ -188,15 +205,12 @@ pub fn set_attr(element: &mut Element, name: &'static str, value: Option<String>
 fn parse_jid_attr(
     element: &Element,
     attribute: &'static str,
-) -> Result<Option<Jid>, StanzaParseError> {
+) -> Result<Option<Jid>, (&'static str, String)> {
     match element.attr(attribute) {
         None => Ok(None),
         Some(value) => Jid::new(value)
             .map(Some)
-            .map_err(|_| StanzaParseError::MalformedJid {
-                attribute,
-                value: value.to_owned(),
-            }),
+            .map_err(|_| (attribute, value.to_owned())),
     }
 }
 

@@ -1,1 +1,145 @@
 //! HTTP listener: health, metrics and (later) the client and open-platform APIs.
+//!
+//! One axum router serves every HTTP route of the process. Errors are JSON objects
+//! `{"error": "<code>", "message": "<text>"}` so API clients can branch on `error` without
+//! parsing prose; the same shape is used for unknown routes and wrong methods.
+//!
+//! **Architecture invariant:** this crate knows no other adapter. What it needs from the
+//! rest of the server (metrics, health, later the stores) arrives in [`HttpState`], wired by
+//! the binary.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use confab_core::metrics::Metrics;
+use serde::Serialize;
+
+/// Content type of the `/metrics` body: prometheus-client encodes OpenMetrics 1.0 text.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Everything the HTTP handlers read from the rest of the server; cheap to clone.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Counters rendered at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Whether the server can do its job (listeners up, storage reachable); `/healthz`
+    /// answers 503 while it returns false so a load balancer stops sending traffic.
+    pub health: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl HttpState {
+    /// State whose health check always passes.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            health: Arc::new(|| true),
+        }
+    }
+
+    /// Replaces the health check.
+    pub fn with_health(mut self, health: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.health = Arc::new(health);
+        self
+    }
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState").finish_non_exhaustive()
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code such as `not_found`.
+    pub error: &'static str,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// Builds an error response with the JSON error body.
+pub fn error_response(status: StatusCode, error: &'static str, message: String) -> Response {
+    (status, Json(ErrorBody { error, message })).into_response()
+}
+
+/// The router with every route; the binary serves it with [`serve`].
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Serves the router on an already bound listener until `shutdown` completes, then lets
+/// in-flight requests finish. The caller binds, so a port in use is reported at startup
+/// by the code that knows which setting named it.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP listener ready");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Health body: `{"status": "ok"}` or `{"status": "unavailable"}`.
+#[derive(Debug, Serialize)]
+struct Health {
+    /// `ok` when healthy.
+    status: &'static str,
+}
+
+/// `GET /healthz`.
+async fn healthz(State(state): State<HttpState>) -> Response {
+    if (state.health)() {
+        (StatusCode::OK, Json(Health { status: "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "unavailable",
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Any path no route matches.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+/// A known path with a method it does not support; axum adds the `Allow` header.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not support {method}", uri.path()),
+    )
+}

@@ -1,1 +1,48 @@
-//! Features plugged into the router's hooks: roster, presence, offline, disco, ping, version, private storage, vCard, blocking, registration.
+//! Features plugged into the router's hooks (see `confab_router::Module`).
+//!
+//! Each file is one feature and one XEP or RFC section; none is known to the router by name.
+//! **Architecture invariant:** modules reach storage only through `confab_core::store`
+//! traits and sessions only through the router, never through a socket.
+
+pub mod blocking;
+pub mod disco;
+pub mod offline;
+pub mod ping;
+pub mod presence;
+pub mod private;
+pub mod register;
+pub mod roster;
+pub mod vcard;
+pub mod version;
+
+use confab_router::Module;
+use std::sync::Arc;
+
+/// Switches for the default feature set.
+#[derive(Debug, Clone)]
+pub struct ModuleOptions {
+    /// Whether XEP-0077 in-band registration of new accounts is open.
+    pub registration_open: bool,
+    /// PBKDF2 iterations for credentials created by registration or password change.
+    pub scram_iterations: u32,
+}
+
+/// The IM core's features, in hook order: blocking filters before anything else sees a
+/// stanza; roster and presence before offline storage decides a message is undeliverable.
+pub fn default_modules(options: &ModuleOptions) -> Vec<Arc<dyn Module>> {
+    vec![
+        Arc::new(blocking::Blocking::new()),
+        Arc::new(roster::Roster::new()),
+        Arc::new(presence::Presence::new()),
+        Arc::new(offline::Offline::new()),
+        Arc::new(disco::Disco::new()),
+        Arc::new(ping::Ping::new()),
+        Arc::new(version::Version::new()),
+        Arc::new(private::PrivateStorage::new()),
+        Arc::new(vcard::VCard::new()),
+        Arc::new(register::Registration::new(
+            options.registration_open,
+            options.scram_iterations,
+        )),
+    ]
+}

@@ -1,1 +1,14 @@
-//! Network listeners: TCP, STARTTLS upgrade, connection limits and descriptor exhaustion handling.
+//! Sockets: the first and last stage of the stanza path.
+//!
+//! A [`C2sListener`] accepts TCP connections, caps their number, survives running out of
+//! file descriptors, and runs one task per connection that moves bytes between the socket
+//! (plain or upgraded to TLS with STARTTLS) and a `confab_c2s::Session`.
+//!
+//! **Architecture invariant:** nothing here parses XML or knows XMPP beyond "the session
+//! asked for STARTTLS"; protocol decisions belong to `confab-c2s`.
+
+mod connection;
+mod listener;
+pub mod tls;
+
+pub use listener::{C2sListener, ListenerConfig};

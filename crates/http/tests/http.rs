@@ -1,0 +1,197 @@
+//! The HTTP listener over a real socket: each test binds 127.0.0.1:0, serves the router and
+//! speaks raw HTTP/1.1 to it, so what is checked is exactly what a client receives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use confab_core::StanzaKind;
+use confab_core::metrics::Metrics;
+use confab_http::{HttpState, METRICS_CONTENT_TYPE};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A parsed response.
+#[derive(Debug)]
+struct Reply {
+    /// Status code.
+    status: u16,
+    /// Header lines, names lowercased.
+    headers: Vec<(String, String)>,
+    /// The body as text.
+    body: String,
+}
+
+impl Reply {
+    /// The first header with this (lowercase) name.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("JSON body")
+    }
+}
+
+/// A running server and the means to stop it.
+struct Server {
+    /// Where it listens.
+    addr: std::net::SocketAddr,
+    /// Fires the graceful shutdown.
+    stop: oneshot::Sender<()>,
+    /// The serve task.
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Starts serving `state` on an ephemeral loopback port.
+    async fn start(state: HttpState) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(confab_http::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop, task }
+    }
+
+    /// Sends one request and reads the whole response (the request asks to close).
+    async fn request(&self, method: &str, path: &str) -> Reply {
+        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+            .await
+            .expect("response within 10 s")
+            .expect("read");
+        parse(&String::from_utf8(raw).expect("UTF-8 response"))
+    }
+
+    /// Triggers shutdown and waits for `serve` to return.
+    async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("serve task did not panic")
+    }
+}
+
+/// Splits a raw HTTP/1.1 response; the bodies here are small and not chunked.
+fn parse(raw: &str) -> Reply {
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// State with fresh metrics and a healthy check.
+fn state() -> HttpState {
+    HttpState::new(Arc::new(Metrics::new()))
+}
+
+#[tokio::test]
+async fn healthz_reports_health() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let server = Server::start(state().with_health(move || flag.load(Ordering::Relaxed))).await;
+
+    let reply = server.request("GET", "/healthz").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.json(), serde_json::json!({"status": "ok"}));
+
+    healthy.store(false, Ordering::Relaxed);
+    let reply = server.request("GET", "/healthz").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json(), serde_json::json!({"status": "unavailable"}));
+
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_text() {
+    let state = state();
+    state.metrics.connections.inc();
+    state.metrics.stanza_in(StanzaKind::Message);
+    let server = Server::start(state).await;
+
+    let reply = server.request("GET", "/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some(METRICS_CONTENT_TYPE));
+    assert!(
+        reply.body.contains("confab_connections 1"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply
+            .body
+            .contains("confab_stanzas_in_total{kind=\"message\"} 1"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.ends_with("# EOF\n"), "{}", reply.body);
+
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn unknown_route_is_json_404() {
+    let server = Server::start(state()).await;
+    let reply = server.request("GET", "/nope").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"error": "not_found", "message": "no route for GET /nope"})
+    );
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn wrong_method_is_json_405() {
+    let server = Server::start(state()).await;
+    let reply = server.request("POST", "/healthz").await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({
+            "error": "method_not_allowed",
+            "message": "/healthz does not support POST"
+        })
+    );
+    let allow = reply.header("allow").expect("Allow header");
+    assert!(allow.contains("GET"), "{allow}");
+    server.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn head_is_answered_without_body() {
+    let server = Server::start(state()).await;
+    let reply = server.request("HEAD", "/healthz").await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.is_empty());
+    server.stop().await.expect("clean shutdown");
+}

@@ -1,0 +1,223 @@
+//! One task per connection: read → session → write, plus the session's mailbox, kicks,
+//! timeouts and shutdown.
+
+use bytes::BytesMut;
+use confab_c2s::{Action, C2sConfig, Session};
+use confab_core::StreamErrorCondition;
+use confab_router::Router;
+use confab_sessions::{Mailbox, Resource, SessionCommand};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read per syscall. Small on purpose: an idle connection holds no read buffer at
+/// all, a busy one never more than this plus one partial stanza.
+const READ_CHUNK: usize = 4096;
+/// Mailbox entries written per batch before yielding to reads, so a chatty peer cannot
+/// starve its own input (and stream-management acks later).
+const DELIVERY_BATCH: usize = 64;
+/// An output buffer that grew beyond this is released after it drains.
+const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+/// Per-connection limits shared by a listener.
+pub(crate) struct ConnectionLimits {
+    pub pre_auth_timeout: Duration,
+    pub read_rate: u32,
+    pub read_burst: u32,
+    pub tls: Option<TlsAcceptor>,
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// The socket was moved into a TLS handshake that failed.
+    Gone,
+}
+
+impl Conn {
+    /// Reads into `buf`. On a plain socket it first waits for readability without holding a
+    /// buffer, so idle connections cost no read memory.
+    async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(stream) => loop {
+                stream.readable().await?;
+                buf.reserve(READ_CHUNK);
+                match stream.try_read_buf(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            Conn::Tls(stream) => {
+                buf.reserve(READ_CHUNK);
+                stream.read_buf(buf).await
+            }
+            Conn::Gone => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(stream) => stream.write_all(data).await,
+            Conn::Tls(stream) => {
+                stream.write_all(data).await?;
+                stream.flush().await
+            }
+            Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Conn::Plain(stream) => stream.shutdown().await,
+            Conn::Tls(stream) => stream.shutdown().await,
+            Conn::Gone => Ok(()),
+        };
+    }
+}
+
+/// Runs one client connection to completion.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    c2s: Arc<C2sConfig>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+) {
+    router.metrics.connections.inc();
+    let mut session = Session::new(router.clone(), c2s, peer);
+    let mut conn = Conn::Plain(stream);
+    if let Err(error) = drive(&mut conn, &mut session, &limits, &shutdown).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+    session.disconnected().await;
+    conn.shutdown().await;
+    router.metrics.connections.dec();
+}
+
+fn limiter(limits: &ConnectionLimits) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(limits.read_rate.max(1)).unwrap_or(NonZeroU32::MIN);
+    // The burst must fit one read, or a full chunk could never be admitted.
+    let burst =
+        NonZeroU32::new(limits.read_burst.max(READ_CHUNK as u32)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+async fn drive(
+    conn: &mut Conn,
+    session: &mut Session,
+    limits: &ConnectionLimits,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let limiter = limiter(limits);
+    let mut input = BytesMut::new();
+    let mut mailbox: Option<Mailbox> = None;
+    let mut resource: Option<Arc<Resource>> = None;
+    let pre_auth_deadline = tokio::time::sleep(limits.pre_auth_timeout);
+    tokio::pin!(pre_auth_deadline);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                session.stream_error(StreamErrorCondition::SystemShutdown, None);
+                flush(conn, session).await?;
+                return Ok(());
+            }
+            reason = kicked(resource.as_deref()) => {
+                session.stream_error(reason.0, Some(reason.1));
+                flush(conn, session).await?;
+                return Ok(());
+            }
+            _ = &mut pre_auth_deadline, if !session.is_authenticated() => {
+                session.stream_error(StreamErrorCondition::ConnectionTimeout, Some("authentication took too long"));
+                flush(conn, session).await?;
+                return Ok(());
+            }
+            command = next_command(mailbox.as_mut()) => {
+                let Some(command) = command else { return Ok(()) };
+                session.deliver(command);
+                if let Some(mailbox) = mailbox.as_mut() {
+                    for _ in 1..DELIVERY_BATCH {
+                        match mailbox.receiver.try_recv() {
+                            Ok(command) => session.deliver(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                flush(conn, session).await?;
+            }
+            read = conn.read(&mut input) => {
+                let n = read?;
+                if n == 0 {
+                    return Ok(());
+                }
+                // Per-connection byte rate (a flood waits here instead of costing CPU).
+                if let Some(n) = NonZeroU32::new(n as u32) {
+                    let _ = limiter.until_n_ready(n).await;
+                }
+                let action = session.receive(&mut input).await;
+                if mailbox.is_none() {
+                    mailbox = session.take_mailbox();
+                    resource = session.resource().cloned();
+                }
+                flush(conn, session).await?;
+                match action {
+                    Action::Continue => {}
+                    Action::Close => return Ok(()),
+                    Action::StartTls => {
+                        let Some(acceptor) = limits.tls.clone() else { return Ok(()) };
+                        let Conn::Plain(stream) = std::mem::replace(conn, Conn::Gone) else {
+                            return Ok(());
+                        };
+                        // RFC 6120 §5.4.3.3: bytes the client pipelined after <starttls/> are
+                        // not allowed; anything buffered is discarded with the old stream.
+                        input.clear();
+                        let tls = acceptor.accept(stream).await?;
+                        *conn = Conn::Tls(Box::new(tls));
+                        session.tls_established();
+                    }
+                }
+                if input.is_empty() {
+                    // Idle again: give memory back (see READ_CHUNK).
+                    input = BytesMut::new();
+                    session.shrink();
+                }
+            }
+        }
+    }
+}
+
+async fn flush(conn: &mut Conn, session: &mut Session) -> std::io::Result<()> {
+    let output = session.output();
+    if output.is_empty() {
+        return Ok(());
+    }
+    let result = conn.write_all(output).await;
+    output.clear();
+    if output.capacity() > KEEP_OUTPUT_CAPACITY {
+        *output = BytesMut::new();
+    }
+    result
+}
+
+async fn kicked(resource: Option<&Resource>) -> (StreamErrorCondition, &'static str) {
+    match resource {
+        Some(resource) => resource.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_command(mailbox: Option<&mut Mailbox>) -> Option<SessionCommand> {
+    match mailbox {
+        Some(mailbox) => mailbox.receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,129 @@
+//! The accept loop: caps connections and turns descriptor exhaustion into refusals.
+
+use crate::connection::{self, ConnectionLimits};
+use confab_c2s::C2sConfig;
+use confab_router::Router;
+use rustls::ServerConfig;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings of one client listener.
+#[derive(Clone)]
+pub struct ListenerConfig {
+    /// Maximum simultaneous connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Unauthenticated connections are closed after this long (`connection-timeout`).
+    pub pre_auth_timeout: Duration,
+    /// Sustained read rate per connection, bytes per second.
+    pub read_rate: u32,
+    /// Read burst per connection, bytes.
+    pub read_burst: u32,
+    /// TLS for STARTTLS; `None` disables STARTTLS.
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// A bound client listener (RFC 6120 over TCP with STARTTLS).
+pub struct C2sListener {
+    listener: TcpListener,
+    router: Arc<Router>,
+    c2s: Arc<C2sConfig>,
+    config: ListenerConfig,
+}
+
+impl C2sListener {
+    /// Wraps an already bound socket (binding is the caller's, so it can report
+    /// "address in use" with the configured address).
+    pub fn new(
+        listener: TcpListener,
+        router: Arc<Router>,
+        c2s: Arc<C2sConfig>,
+        config: ListenerConfig,
+    ) -> Self {
+        Self {
+            listener,
+            router,
+            c2s,
+            config,
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until `shutdown` fires, then waits for every connection to close.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        let limits = Arc::new(ConnectionLimits {
+            pre_auth_timeout: self.config.pre_auth_timeout,
+            read_rate: self.config.read_rate,
+            read_burst: self.config.read_burst,
+            tls: self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        });
+        // One descriptor held in reserve: when accept fails with EMFILE we release it, accept
+        // the waiting connection and close it at once, so the client sees a refusal instead
+        // of hanging in the backlog, and the loop does not spin.
+        let mut reserve = open_reserve();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) if is_fd_exhaustion(&error) => {
+                    self.router.metrics.connections_refused.inc();
+                    tracing::warn!(%error, "out of file descriptors; refusing a connection");
+                    drop(reserve.take());
+                    if let Ok((stream, _)) = self.listener.accept().await {
+                        drop(stream);
+                    }
+                    reserve = open_reserve();
+                    if reserve.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "accept failed");
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.router.metrics.connections_refused.inc();
+                tracing::warn!(%peer, "connection cap reached; refusing");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.router.clone();
+            let c2s = self.c2s.clone();
+            let limits = limits.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                connection::serve(stream, peer, router, c2s, limits, shutdown).await;
+                drop(permit);
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+fn is_fd_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}

@@ -1,0 +1,169 @@
+//! `confab serve`: the only place where adapters are wired together.
+
+use crate::config::{Config, Registration};
+use anyhow::Context;
+use async_trait::async_trait;
+use confab_auth::{LoginThrottle, ThrottleConfig};
+use confab_c2s::{C2sConfig, PreAuthIq};
+use confab_codec::Limits;
+use confab_core::metrics::Metrics;
+use confab_core::store::Store;
+use confab_core::{BareJid, Element, Stanza, StanzaError, ns};
+use confab_modules::{ModuleOptions, default_modules};
+use confab_net::{C2sListener, ListenerConfig};
+use confab_router::Router;
+use confab_sessions::SessionManager;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let domain = BareJid::new(&config.domain)
+        .with_context(|| format!("invalid domain {:?}", config.domain))?;
+    let store = confab_store::SqliteStore::open(&config.data_dir).await?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let tls = confab_net::tls::server_config(
+        config.tls.cert.as_deref(),
+        config.tls.key.as_deref(),
+        &config.data_dir,
+        &config.domain,
+    )
+    .context("tls")?;
+
+    let c2s_socket = bind(config.c2s.listen, "c2s").await?;
+    let http_socket = bind(config.http.listen, "http").await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let registration_open = config.registration == Registration::Open;
+    let options = ModuleOptions {
+        registration_open,
+        scram_iterations: config.auth.scram_iterations,
+    };
+    let router = Arc::new(Router::new(
+        domain.clone(),
+        Arc::new(SessionManager::new()),
+        store.clone(),
+        metrics.clone(),
+        default_modules(&options),
+    ));
+    let throttle = Arc::new(LoginThrottle::new(ThrottleConfig {
+        free_failures: config.auth.throttle_free_failures,
+        max_delay: Duration::from_secs(config.auth.throttle_max_delay_secs),
+        ..ThrottleConfig::default()
+    }));
+    let c2s = Arc::new(C2sConfig {
+        domain,
+        limits: Limits {
+            max_stanza_bytes: config.c2s.max_stanza_bytes,
+            max_depth: config.c2s.max_depth,
+            ..Limits::default()
+        },
+        tls_available: true,
+        plain_on_loopback: config.auth.allow_plain_without_tls_on_loopback,
+        mailbox_capacity: config.c2s.mailbox_capacity,
+        registration_open,
+        pre_auth_iq: Some(Arc::new(InBandRegistration {
+            open: registration_open,
+            iterations: config.auth.scram_iterations,
+        })),
+        throttle,
+    });
+    let listener = C2sListener::new(
+        c2s_socket,
+        router.clone(),
+        c2s,
+        ListenerConfig {
+            max_connections: config.c2s.max_connections,
+            pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
+            read_rate: config.c2s.read_rate_bytes_per_sec,
+            read_burst: config.c2s.read_burst_bytes,
+            tls: Some(tls),
+        },
+    );
+
+    // Tests and scripts read these lines to learn ephemeral ports.
+    println!(
+        "confab: domain {}, data in {}",
+        config.domain,
+        config.data_dir.display()
+    );
+    println!("confab: c2s listening on {}", listener.local_addr()?);
+    println!("confab: http listening on {}", http_socket.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    let http_state = confab_http::HttpState {
+        metrics: metrics.clone(),
+        health: Arc::new(|| true),
+    };
+    let http = tokio::spawn(confab_http::serve(
+        http_socket,
+        http_state,
+        shutdown.clone().cancelled_owned(),
+    ));
+    let c2s_task = tokio::spawn(listener.run(shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = c2s_task.await;
+    let _ = http.await;
+    Ok(())
+}
+
+async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({what})"))
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// XEP-0077 registration before authentication, served by the registration feature.
+struct InBandRegistration {
+    open: bool,
+    iterations: u32,
+}
+
+#[async_trait]
+impl PreAuthIq for InBandRegistration {
+    fn handles(&self, namespace: &str) -> bool {
+        namespace == ns::REGISTER
+    }
+
+    async fn handle(&self, router: &Router, iq: &Stanza) -> Result<Option<Element>, StanzaError> {
+        let Some(query) = iq.payload() else {
+            return Err(StanzaError::new(
+                confab_core::StanzaErrorCondition::BadRequest,
+            ));
+        };
+        confab_modules::register::register_account(
+            router.store.as_ref(),
+            self.open,
+            self.iterations,
+            query,
+        )
+        .await
+    }
+}
