@@ -144,8 +144,9 @@ pub struct RosterItem {
     pub approved: bool,
     /// Groups the item is filed under.
     pub groups: Vec<String>,
-    /// False for rows that exist only to remember a pending-in request or pre-approval: those
-    /// are not shown to clients until the user adds the contact (RFC 6121 §3.1.3).
+    /// False for rows that exist only to remember a pending-in request: those are not shown
+    /// to clients until the user adds the contact (RFC 6121 §3.1.3). Pre-approved contacts
+    /// are shown (`approved='true'`, §3.4.1).
     pub in_roster: bool,
 }
 

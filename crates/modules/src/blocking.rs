@@ -17,7 +17,7 @@
 //! except for plain presence to an account with no session, which the router delivers to
 //! nobody anyway; that keeps presence broadcasts to offline contacts off the database.
 //!
-//! JID matching follows XEP-0191 §4 (the rules of XEP-0016 §2.1): an item matches exactly
+//! JID matching follows XEP-0191 §6 (the rules of XEP-0016 §2.1): an item matches exactly
 //! that full JID, or any resource of a bare JID, or a domain with everything at it and at
 //! its subdomains.
 
@@ -46,7 +46,7 @@ struct Blocklist {
 }
 
 impl Blocklist {
-    /// Whether a stanza from or to `jid` is blocked (XEP-0191 §4).
+    /// Whether a stanza from or to `jid` is blocked (XEP-0191 §6).
     fn blocks(&self, jid: &Jid) -> bool {
         // Most accounts block nobody; spare them the string building below.
         if self.items.is_empty() {
@@ -67,7 +67,7 @@ impl Blocklist {
         // A domain matches everything at it and at its subdomains.
         let mut domain = jid.domain().as_str();
         loop {
-            if self.items.contains(domain) && false {
+            if self.items.contains(domain) {
                 return true;
             }
             match domain.split_once('.') {
@@ -331,7 +331,7 @@ impl Blocking {
         }
     }
 
-    /// Consumes a stanza to `recipient` from a JID it blocks (XEP-0191 §3.3): presence and
+    /// Consumes a stanza whose recipient blocks its sender (XEP-0191 §3.3): presence and
     /// messages vanish, IQ requests get `<service-unavailable/>` as if nobody were there.
     async fn refuse_inbound(router: &Router, stanza: &Stanza) {
         if stanza.kind == StanzaKind::Iq && matches!(stanza.type_attr(), Some("get" | "set")) {
@@ -392,12 +392,17 @@ impl Module for Blocking {
         if to.to_bare() == user || router.is_server(&to) {
             return Flow::Continue;
         }
-        let refuses_error = stanza.kind == StanzaKind::Presence || stanza.is_error();
+        // Presence, errors and IQ results are never answered with an error (RFC 6120
+        // §8.2.3, §8.3.1; XEP-0191 §3.3 for presence): those are dropped without a word.
+        let silent = match stanza.kind {
+            StanzaKind::Presence => true,
+            StanzaKind::Message => stanza.is_error(),
+            StanzaKind::Iq => !matches!(stanza.type_attr(), Some("get" | "set")),
+        };
         match self.list(router, &user).await {
             Ok(list) if list.blocks(&to) => {
-                // XEP-0191 §3.3: the user may not reach whom they block. Presence and errors
-                // cannot be answered with an error, so they are dropped.
-                if !refuses_error {
+                // XEP-0191 §3.3: the user may not reach whom they block.
+                if !silent {
                     let error = StanzaError::new(StanzaErrorCondition::NotAcceptable)
                         .with_type(StanzaErrorType::Cancel)
                         .with_app_condition(Element::bare("blocked", ns::BLOCKING_ERRORS));
@@ -407,8 +412,8 @@ impl Module for Blocking {
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(%error, user = %user, "blocklist unavailable; stanza refused");
-                if !refuses_error {
+                tracing::warn!(%error, %user, "blocklist unavailable; stanza refused");
+                if !silent {
                     let error = StanzaError::new(StanzaErrorCondition::InternalServerError);
                     reply_to_origin(router, origin, stanza, &error);
                 }
@@ -417,9 +422,11 @@ impl Module for Blocking {
         }
         // IQ requests to an account's bare JID are answered by the server for the account
         // (RFC 6121 §8.5.2.1.3) and skip `on_routed`, so the account's block applies here.
-        let iq_request =
-            stanza.kind == StanzaKind::Iq && matches!(stanza.type_attr(), Some("get" | "set"));
-        if iq_request && to.resource().is_none() && router.is_local_account(&to) {
+        if stanza.kind == StanzaKind::Iq
+            && !silent
+            && to.resource().is_none()
+            && router.is_local_account(&to)
+        {
             let sender = Jid::from(origin.jid.clone());
             let refused = match self.list(router, &to.to_bare()).await {
                 Ok(list) => list
@@ -466,7 +473,12 @@ impl Module for Blocking {
                 Err(error) => {
                     // Failing closed: a stanza the recipient may have blocked is not delivered.
                     tracing::warn!(%error, %recipient, "blocklist unavailable; stanza refused");
-                    if stanza.kind != StanzaKind::Presence {
+                    let answerable = match stanza.kind {
+                        StanzaKind::Presence => false,
+                        StanzaKind::Message => true,
+                        StanzaKind::Iq => matches!(stanza.type_attr(), Some("get" | "set")),
+                    };
+                    if answerable {
                         router
                             .bounce(stanza, StanzaErrorCondition::InternalServerError)
                             .await;

@@ -39,7 +39,7 @@ impl Module for Disco {
     }
 
     fn account_features(&self) -> &'static [&'static str] {
-        // XEP-0030 §3.1: every entity that answers disco#info lists the feature itself.
+        // XEP-0030: every entity that answers disco#info lists that feature itself.
         &[ns::DISCO_INFO, ns::DISCO_ITEMS]
     }
 
@@ -54,7 +54,7 @@ impl Module for Disco {
         if iq.type_attr() != Some("get") || query.name() != "query" {
             return StanzaErrorCondition::BadRequest.into();
         }
-        // No node is published yet (XEP-0030 §3.2, §4.2: an unknown node is item-not-found).
+        // No node is published yet, and XEP-0030 answers an unknown node with item-not-found.
         if query.attr("node").is_some() {
             return StanzaErrorCondition::ItemNotFound.into();
         }
@@ -70,7 +70,7 @@ impl Module for Disco {
             }
         } else {
             // Items of the server (a conference service, later) and of accounts (PEP nodes,
-            // later): none yet, which XEP-0030 §4.2 answers with an empty result.
+            // later): none yet, which XEP-0030 answers with an empty result.
             Element::bare("query", ns::DISCO_ITEMS)
         };
         IqOutcome::Result(Some(reply))

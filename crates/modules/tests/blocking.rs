@@ -425,4 +425,39 @@ async fn block_outlives_the_session_and_applies_to_offline_users() {
     );
     message(&bob, "alice@localhost/phone", "online").await;
     alice.expect_silence().await;
+
+    // Once the last session is gone the in-memory copy is dropped, so a change made to the
+    // store meanwhile (by an administrator, say) is what counts.
+    alice.disconnect().await;
+    router.store.unblock("alice", &[]).await.expect("store");
+    message(&bob, "alice@localhost", "after-unblock").await;
+    let kept = router.store.take_offline("alice").await.expect("store");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].xml.contains("after-unblock"));
+}
+
+#[tokio::test]
+async fn server_generated_stanzas_from_a_blocker_are_dropped() {
+    let router = router_with_accounts(&["alice", "bob", "carol"]).await;
+    let mut alice = Client::connect(&router, "alice@localhost/phone").await;
+    let mut bob = Client::connect(&router, "bob@localhost/desk").await;
+    let mut carol = Client::connect(&router, "carol@localhost/desk").await;
+    make_available(&bob);
+    make_available(&carol);
+    block(&mut alice, "b1", &["bob@localhost"]).await;
+    // What a presence broadcast or probe answer on alice's behalf looks like to the router.
+    for contact in ["bob@localhost", "carol@localhost"] {
+        let presence = format!(
+            "<presence xmlns='jabber:client' from='alice@localhost/phone' to='{contact}'/>"
+        );
+        let presence = Stanza::new(presence.parse().expect("xml"));
+        router.route(presence).await;
+    }
+    bob.expect_silence().await;
+    let delivered = carol.recv().await;
+    assert_eq!(delivered.element.name(), "presence");
+    assert_eq!(
+        delivered.element.attr("from"),
+        Some("alice@localhost/phone")
+    );
 }

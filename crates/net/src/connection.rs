@@ -29,6 +29,7 @@ const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
 /// Per-connection limits shared by a listener.
 pub(crate) struct ConnectionLimits {
     pub pre_auth_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
     pub read_rate: u32,
     pub read_burst: u32,
     pub tls: Option<TlsAcceptor>,
@@ -123,6 +124,10 @@ async fn drive(
     let mut resource: Option<Arc<Resource>> = None;
     let pre_auth_deadline = tokio::time::sleep(limits.pre_auth_timeout);
     tokio::pin!(pre_auth_deadline);
+    // Disabled idle timeout = a deadline that never fires in practice.
+    let idle_period = limits.idle_timeout.unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+    let idle_deadline = tokio::time::sleep(idle_period);
+    tokio::pin!(idle_deadline);
     loop {
         tokio::select! {
             biased;
@@ -138,6 +143,11 @@ async fn drive(
             }
             _ = &mut pre_auth_deadline, if !session.is_authenticated() => {
                 session.stream_error(StreamErrorCondition::ConnectionTimeout, Some("authentication took too long"));
+                flush(conn, session).await?;
+                return Ok(());
+            }
+            _ = &mut idle_deadline, if limits.idle_timeout.is_some() => {
+                session.stream_error(StreamErrorCondition::ConnectionTimeout, Some("idle for too long"));
                 flush(conn, session).await?;
                 return Ok(());
             }
@@ -158,6 +168,9 @@ async fn drive(
                 let n = read?;
                 if n == 0 {
                     return Ok(());
+                }
+                if limits.idle_timeout.is_some() {
+                    idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle_period);
                 }
                 // Per-connection byte rate (a flood waits here instead of costing CPU).
                 if let Some(n) = NonZeroU32::new(n as u32) {

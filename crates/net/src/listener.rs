@@ -19,6 +19,9 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// Unauthenticated connections are closed after this long (`connection-timeout`).
     pub pre_auth_timeout: Duration,
+    /// Connections silent for this long are closed (`connection-timeout`); `None` disables it.
+    /// Clients keep a quiet stream alive with whitespace (RFC 6120 §4.6.1).
+    pub idle_timeout: Option<Duration>,
     /// Sustained read rate per connection, bytes per second.
     pub read_rate: u32,
     /// Read burst per connection, bytes.
@@ -63,6 +66,7 @@ impl C2sListener {
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
         let limits = Arc::new(ConnectionLimits {
             pre_auth_timeout: self.config.pre_auth_timeout,
+            idle_timeout: self.config.idle_timeout,
             read_rate: self.config.read_rate,
             read_burst: self.config.read_burst,
             tls: self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),

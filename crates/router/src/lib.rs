@@ -164,13 +164,16 @@ impl Router {
                 Some("headline") | Some("error") => {}
                 _ => self.to_bare_jid(stanza, &bare).await,
             },
-            StanzaKind::Presence => match stanza.type_attr() {
-                // §8.5.3.2.2: subscription-related presence is handled like the bare JID.
-                Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe") => {
+            StanzaKind::Presence => {
+                // §8.5.3.2.2: subscription-related presence is handled like the bare JID;
+                // availability presence to a gone resource is dropped.
+                if matches!(
+                    stanza.type_attr(),
+                    Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe")
+                ) {
                     self.to_bare_jid(stanza, &bare).await
                 }
-                _ => {}
-            },
+            }
             StanzaKind::Iq => {
                 if matches!(stanza.type_attr(), Some("get" | "set")) {
                     self.bounce(&stanza, StanzaErrorCondition::ServiceUnavailable)

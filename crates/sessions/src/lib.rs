@@ -151,9 +151,12 @@ impl Resource {
 
 const SHARDS: usize = 64;
 
+/// One shard of the registry: bare JID to its bound resources.
+type Shard = RwLock<HashMap<BareJid, Vec<Arc<Resource>>>>;
+
 /// All bound resources on this node, sharded by bare JID to keep lock contention low.
 pub struct SessionManager {
-    shards: Box<[RwLock<HashMap<BareJid, Vec<Arc<Resource>>>>]>,
+    shards: Box<[Shard]>,
     count: AtomicUsize,
 }
 
@@ -172,7 +175,7 @@ impl SessionManager {
         }
     }
 
-    fn shard(&self, bare: &BareJid) -> &RwLock<HashMap<BareJid, Vec<Arc<Resource>>>> {
+    fn shard(&self, bare: &BareJid) -> &Shard {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         bare.hash(&mut hasher);

@@ -1,0 +1,197 @@
+//! TCP connections from a chosen source address, and the TLS client that accepts any
+//! certificate.
+//!
+//! Source addresses: Linux gives each (source address, destination) pair at most the
+//! ephemeral port range (`net.ipv4.ip_local_port_range`, about 28 000 ports by default), so
+//! one source address cannot open more connections than that to one server port. Every
+//! address in 127.0.0.0/8 is loopback, so spreading connections over 127.0.0.1, 127.0.0.2, …
+//! multiplies the ceiling without any network setup.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, bail};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A client connection, before or after STARTTLS.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the TLS state is large and most of the time the enum is moved).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens a TCP connection to `server`, from `source` when given (port chosen by the kernel).
+pub async fn tcp_connect(server: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(server).await?;
+    // Stanzas are small and latency is measured: never let Nagle hold one back.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A TLS connector that accepts any server certificate (bench servers use self-signed ones)
+/// but still checks the handshake signature, as a real client's TLS stack would, so the
+/// server's TLS cost is the real one. Session resumption is off: each simulated user is a
+/// separate client with a full handshake.
+pub fn tls_connector() -> anyhow::Result<TlsConnector> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The name sent in SNI: the XMPP domain (RFC 6120 §13.7.2.1).
+pub fn server_name(domain: &str) -> anyhow::Result<ServerName<'static>> {
+    ServerName::try_from(domain.to_owned()).with_context(|| format!("bad TLS name {domain}"))
+}
+
+/// Certificate verifier for benchmarks: trusts every certificate, verifies signatures.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Parses `--source`: comma-separated IPv4/IPv6 addresses and IPv4 ranges `A-B`
+/// (e.g. `127.0.0.1-127.0.0.8`).
+pub fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('-') {
+            Some((from, to)) => {
+                let from: Ipv4Addr = from.trim().parse().context("range start")?;
+                let to: Ipv4Addr = to.trim().parse().context("range end")?;
+                let (from, to) = (u32::from(from), u32::from(to));
+                if to < from || to - from > 65_535 {
+                    bail!("bad source range {item}");
+                }
+                out.extend((from..=to).map(|ip| IpAddr::V4(Ipv4Addr::from(ip))));
+            }
+            None => out.push(item.parse().with_context(|| format!("bad address {item}"))?),
+        }
+    }
+    if out.is_empty() {
+        bail!("--source lists no address");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        let got = parse_sources("127.0.0.254-127.0.1.1, ::1").expect("valid");
+        let text: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["127.0.0.254", "127.0.0.255", "127.0.1.0", "127.0.1.1", "::1"]);
+        assert!(parse_sources("127.0.0.2-127.0.0.1").is_err());
+        assert!(parse_sources("").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `confab` binary on ephemeral ports, driven over real sockets by
+//! a raw XMPP client, an HTTP client and the independent tokio-xmpp client library.
+//!
+//! One test binary (one link step) with a module per area; every test starts its own server
+//! (see [`harness`]), so tests are independent and run in parallel.
+
+mod fds;
+mod harness;
+mod http;
+mod im;
+mod limits;
+mod negotiation;
+mod presence;
+mod registration;
+mod scram;
+mod tokio_xmpp_client;
