@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 
@@ -71,6 +72,15 @@ async def test_mutual_subscription_presence_and_chat(server):
         # Each sees the other's available presence from the full JID (§3.1.5/§3.1.6).
         await alice.wait_presence(bob.full, "available", start=a0)
         await bob.wait_presence(alice.full, "available", start=b0)
+        # slixmpp also sends directed presence when it approves a request, so check the
+        # server's own routing too: a broadcast (no 'to') now reaches the other side (§4.4.2).
+        for sender, receiver in ((alice, bob), (bob, alice)):
+            mark = receiver.presences.mark()
+            status = token("status")
+            sender.xmpp.send_presence(pstatus=status)
+            await receiver.wait_presence(
+                sender.full, "available", extra=lambda p, s=status: p["status"] == s, start=mark
+            )
 
         # Chat both ways; the server stamps the sender's full JID (RFC 6120 §8.1.2.1).
         hello, reply = token("hello"), token("reply")
@@ -152,8 +162,12 @@ async def test_bare_jid_message_reaches_all_equal_priority_resources(server):
         direct = token("direct")
         alice.send_message(two.full, direct)
         await two.wait_message(direct, sender=alice.full)
-        for c in (one, hidden):
-            await c.messages.expect_none(lambda m: m["body"] == direct, "someone else's message")
+        await asyncio.gather(
+            *(
+                c.messages.expect_none(lambda m: m["body"] == direct, "someone else's message")
+                for c in (one, hidden)
+            )
+        )
 
         # Raise one resource's priority: it alone is now the most available.
         one.xmpp.send_presence(ppriority=10)

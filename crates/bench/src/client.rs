@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 use crate::sasl::{Mechanism, Scram, plain_initial};
@@ -109,42 +109,7 @@ impl Conn {
 
     /// Reads the next frame. A stream error or the server closing the stream is a failure.
     pub async fn read(&mut self) -> Result<Read, Failure> {
-        loop {
-            let frame = self
-                .scanner
-                .next(&mut self.buf)
-                .map_err(|e| Failure::new(self.stage, format!("unparsable stream: {}", e.0)))?;
-            match frame {
-                Some(Frame::Open(len)) => {
-                    let _ = self.buf.split_to(len);
-                    return Ok(Read::Open);
-                }
-                Some(Frame::Element(len)) => {
-                    let element = self.buf.split_to(len).freeze();
-                    if xml::local_name(xml::tag_name(&element)) == b"error"
-                        && xml::tag_name(&element) != b"error"
-                    {
-                        return Err(Failure::new(
-                            self.stage,
-                            format!("stream error {}", xml::error_reason(&element)),
-                        ));
-                    }
-                    return Ok(Read::Element(element));
-                }
-                Some(Frame::Close(_)) => {
-                    return Err(Failure::new(self.stage, "server closed the stream"));
-                }
-                None => {}
-            }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) => return Err(Failure::new(self.stage, "connection closed by server")),
-                Ok(_) => {}
-                Err(e) => return Err(Failure::new(self.stage, format!("read: {e}"))),
-            }
-        }
+        read_frame(&mut self.stream, &mut self.buf, &mut self.scanner, self.stage).await
     }
 
     /// Reads the next element, skipping stream headers.
@@ -173,6 +138,51 @@ impl Conn {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+/// Reads the next frame from `reader`, buffering in `buf`. Cancel-safe: a frame is taken
+/// out of `buf` only when it is returned. A stream error or the server closing the stream is
+/// a failure reported at `stage`.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    scanner: &mut Scanner,
+    stage: &'static str,
+) -> Result<Read, Failure> {
+    loop {
+        let frame = scanner
+            .next(buf)
+            .map_err(|e| Failure::new(stage, format!("unparsable stream: {}", e.0)))?;
+        match frame {
+            Some(Frame::Open(len)) => {
+                let _ = buf.split_to(len);
+                return Ok(Read::Open);
+            }
+            Some(Frame::Element(len)) => {
+                let element = buf.split_to(len).freeze();
+                let name = xml::tag_name(&element);
+                if name != b"error" && xml::local_name(name) == b"error" {
+                    return Err(Failure::new(
+                        stage,
+                        format!("stream error {}", xml::error_reason(&element)),
+                    ));
+                }
+                return Ok(Read::Element(element));
+            }
+            Some(Frame::Close(_)) => {
+                return Err(Failure::new(stage, "server closed the stream"));
+            }
+            None => {}
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match reader.read_buf(buf).await {
+            Ok(0) => return Err(Failure::new(stage, "connection closed by server")),
+            Ok(_) => {}
+            Err(e) => return Err(Failure::new(stage, format!("read: {e}"))),
+        }
     }
 }
 
@@ -313,6 +323,22 @@ async fn login_inner(
         conn.send(b"<presence/>").await?;
     }
     Ok(Session { conn, jid })
+}
+
+/// Connects, negotiates STARTTLS if configured, and opens the stream; returns the
+/// connection, unauthenticated, with the server's features (for in-band registration).
+pub async fn open(
+    config: &ClientConfig,
+    source: Option<IpAddr>,
+) -> Result<(Conn, Bytes), Failure> {
+    let mut conn = Conn::connect(config.server, source).await?;
+    if let Some(connector) = &config.tls {
+        conn = starttls(conn, config, connector).await?;
+    }
+    conn.stage = "stream";
+    conn.send(stream_header(&config.domain).as_bytes()).await?;
+    let features = conn.features().await?;
+    Ok((conn, features))
 }
 
 /// Negotiates STARTTLS (RFC 6120 §5) and returns the connection over TLS.

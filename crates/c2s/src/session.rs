@@ -403,7 +403,9 @@ impl Session {
                 reply.set_from(None);
                 reply
             }
-            Err(error) => match stanza.error_reply(&error) {
+            // The request is not echoed: a registration form carries a password
+            // (XEP-0077 §3.3).
+            Err(error) => match without_payload(&stanza).error_reply(&error) {
                 Some(mut reply) => {
                     reply.set_to(None);
                     reply.set_from(None);
@@ -697,6 +699,18 @@ impl Session {
         self.router.metrics.stanza_out(stanza.kind);
         encode::element(&mut self.output, &stanza.element);
     }
+}
+
+/// The same IQ with its payload removed, for error replies that must not echo it.
+fn without_payload(stanza: &Stanza) -> Stanza {
+    let mut element = Element::bare("iq", ns::CLIENT);
+    if let Some(id) = stanza.id() {
+        confab_core::stanza::set_attr(&mut element, "id", Some(id.to_owned()));
+    }
+    if let Some(kind) = stanza.type_attr() {
+        confab_core::stanza::set_attr(&mut element, "type", Some(kind.to_owned()));
+    }
+    Stanza::new(element)
 }
 
 fn iq_is_valid(stanza: &Stanza) -> bool {

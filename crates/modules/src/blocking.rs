@@ -23,6 +23,7 @@
 
 use async_trait::async_trait;
 use confab_core::stanza::element;
+use crate::store_error;
 use confab_core::store::StoreError;
 use confab_core::{
     BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType, StanzaKind,
@@ -563,14 +564,3 @@ fn own_account(iq: &Stanza) -> Option<BareJid> {
     }
 }
 
-/// Maps a storage failure to the error the client sees; details stay in the log.
-fn store_error(error: StoreError) -> StanzaError {
-    match error {
-        StoreError::Quota(what) => StanzaError::new(StanzaErrorCondition::ResourceConstraint)
-            .with_text(format!("quota exceeded: {what}")),
-        error => {
-            tracing::warn!(%error, "blocklist storage failed");
-            StanzaError::new(StanzaErrorCondition::InternalServerError)
-        }
-    }
-}

@@ -15,6 +15,8 @@ pub mod roster;
 pub mod vcard;
 pub mod version;
 
+use confab_core::store::StoreError;
+use confab_core::{StanzaError, StanzaErrorCondition};
 use confab_router::Module;
 use std::sync::Arc;
 
@@ -45,4 +47,16 @@ pub fn default_modules(options: &ModuleOptions) -> Vec<Arc<dyn Module>> {
             options.scram_iterations,
         )),
     ]
+}
+
+/// Maps a storage failure to the error a client sees; details stay in the log.
+pub(crate) fn store_error(error: StoreError) -> StanzaError {
+    match error {
+        StoreError::Quota(what) => StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+            .with_text(format!("quota exceeded: {what}")),
+        error => {
+            tracing::warn!(%error, "storage failed");
+            StanzaError::new(StanzaErrorCondition::InternalServerError)
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! text under the key `name|namespace` and are never interpreted by the server.
 
 use async_trait::async_trait;
-use confab_core::store::StoreError;
+use crate::store_error;
 use confab_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition, ns};
 use confab_router::{IqOutcome, Module, Router};
 
@@ -155,14 +155,3 @@ fn own_account(iq: &Stanza) -> Option<BareJid> {
     }
 }
 
-/// Maps a storage failure to the error the client sees; details stay in the log.
-fn store_error(error: StoreError) -> StanzaError {
-    match error {
-        StoreError::Quota(what) => StanzaError::new(StanzaErrorCondition::ResourceConstraint)
-            .with_text(format!("quota exceeded: {what}")),
-        error => {
-            tracing::warn!(%error, "private storage failed");
-            StanzaError::new(StanzaErrorCondition::InternalServerError)
-        }
-    }
-}

@@ -7,7 +7,7 @@
 //! `service-unavailable` for accounts that do not exist.
 
 use async_trait::async_trait;
-use confab_core::store::StoreError;
+use crate::store_error;
 use confab_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition, ns};
 use confab_router::{IqOutcome, Module, Router};
 
@@ -118,14 +118,3 @@ async fn set(
         .map_err(store_error)
 }
 
-/// Maps a storage failure to the error the client sees; details stay in the log.
-fn store_error(error: StoreError) -> StanzaError {
-    match error {
-        StoreError::Quota(what) => StanzaError::new(StanzaErrorCondition::ResourceConstraint)
-            .with_text(format!("quota exceeded: {what}")),
-        error => {
-            tracing::warn!(%error, "vCard storage failed");
-            StanzaError::new(StanzaErrorCondition::InternalServerError)
-        }
-    }
-}

@@ -137,6 +137,13 @@ async fn drive(
                 return Ok(());
             }
             reason = kicked(resource.as_deref()) => {
+                // What was queued before the kick (e.g. the result of an account removal)
+                // still goes out ahead of the stream error.
+                if let Some(mailbox) = mailbox.as_mut() {
+                    while let Ok(command) = mailbox.receiver.try_recv() {
+                        session.deliver(command);
+                    }
+                }
                 session.stream_error(reason.0, Some(reason.1));
                 flush(conn, session).await?;
                 return Ok(());

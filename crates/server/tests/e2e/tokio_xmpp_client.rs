@@ -23,7 +23,7 @@ use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::message::{Lang, Message};
 use tokio_xmpp::parsers::starttls;
 use tokio_xmpp::xmlstream::{
-    PendingFeaturesRecv, ReadError, StreamHeader, Timeouts, XmppStreamElement, initiate_stream,
+    FallibleStreamElement, PendingFeaturesRecv, ReadError, StreamHeader, Timeouts, XmppStreamElement, initiate_stream,
 };
 use tokio_xmpp::{Client, Event, Stanza};
 
@@ -49,7 +49,7 @@ impl ServerConnector for SelfSignedStartTls {
         };
         let tcp = BufStream::new(TcpStream::connect(self.addr).await?);
         let pending = initiate_stream(tcp, ns, header(), timeouts).await?;
-        let (features, mut stream) = pending.recv_features().await?;
+        let (features, mut stream) = pending.recv_features::<FallibleStreamElement>().await?;
         if !features.can_starttls() {
             return Err(tokio_xmpp::Error::Protocol(
                 tokio_xmpp::error::ProtocolError::NoTls,

@@ -1,0 +1,432 @@
+//! `connect`: log N users in, hold them idle, and report login rate, failures, time to
+//! all-online and (with `--pid`) the server's resident memory per session.
+//!
+//! Descriptors: a process here may hold 20,000 files, so past ~18,000 users the scenario
+//! re-executes itself K times with a hidden `--worker i/K` flag. Each worker logs in its
+//! share, prints one `{"event":"online",…}` JSON line, holds its sessions until the parent
+//! writes `release` on its stdin, then closes them and prints `{"event":"done",…}`. The
+//! parent decides when all are online, samples the server, and aggregates; a single-process
+//! run follows the same steps in process.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::client::{Read, Session};
+use crate::report::{self, CpuMeter, Failures};
+use crate::{ConnectArgs, logins, sasl};
+
+/// Users one process handles before the scenario spreads over several.
+const USERS_PER_PROCESS: u64 = 18_000;
+
+pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &args.worker {
+        let (i, k) = spec
+            .split_once('/')
+            .and_then(|(i, k)| Some((i.parse::<u64>().ok()?, k.parse::<u64>().ok()?)))
+            .filter(|(i, k)| i < k)
+            .context("--worker takes I/K")?;
+        return worker(&args, i, k).await;
+    }
+    let procs = match args.procs {
+        0 => args.count.div_ceil(USERS_PER_PROCESS),
+        k => u64::from(k),
+    };
+    if procs > 1 {
+        parent(&args, procs).await
+    } else {
+        single(&args).await
+    }
+}
+
+/// The users worker `i` of `k` logs in: a contiguous share of first..first+count.
+fn share(args: &ConnectArgs, i: u64, k: u64) -> Vec<u64> {
+    let (from, to) = (args.count * i / k, args.count * (i + 1) / k);
+    (from..to).map(|n| args.common.first + n).collect()
+}
+
+/// Sessions logged in by one process and still held.
+struct Held {
+    /// Login figures as JSON (also what a worker ships to the parent).
+    stats: Value,
+    succeeded: u64,
+    /// Hold tasks; each yields the reason its session was lost before release, if it was.
+    holds: JoinSet<Option<String>>,
+    release: watch::Sender<bool>,
+}
+
+/// Logs `users` in at `rate` and hands every session to a hold task.
+async fn login_phase(
+    args: &ConnectArgs,
+    users: Vec<u64>,
+    rate: Option<f64>,
+    label: String,
+) -> anyhow::Result<Held> {
+    let config = std::sync::Arc::new(args.common.client_config(args.presence)?);
+    let total = users.len() as u64;
+    let plan = logins::Plan {
+        users,
+        prefix: args.common.users_prefix.clone(),
+        password: args.common.password.clone(),
+        rate,
+        concurrency: args.common.concurrency,
+        sources: args.common.sources(args.count)?,
+    };
+    let meter = CpuMeter::start(None);
+    let started = Instant::now();
+    let mut outcomes = logins::start(config, plan);
+    let (release, release_rx) = watch::channel(false);
+    let mut holds = JoinSet::new();
+    let mut hist = report::histogram();
+    let (mut succeeded, mut failed) = (0u64, 0u64);
+    let mut failures = Failures::new();
+    let mut last_success = None;
+    let mut progress = logins::Progress::new(label);
+    while succeeded + failed < total {
+        let Some(outcome) = outcomes.recv().await else {
+            bail!("login dispatcher stopped early");
+        };
+        match outcome.result {
+            Ok(session) => {
+                succeeded += 1;
+                last_success = Some(started.elapsed());
+                report::record(&mut hist, outcome.latency.as_micros() as u64);
+                holds.spawn(hold(session, release_rx.clone()));
+            }
+            Err(failure) => {
+                failed += 1;
+                *failures.entry(failure.to_string()).or_default() += 1;
+            }
+        }
+        progress.tick(succeeded + failed, failed, total);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = meter.stop();
+    let (computed, cached) = sasl::cache_stats();
+    let stats = json!({
+        "succeeded": succeeded,
+        "failed": failed,
+        "failures": failures,
+        "login_phase_s": report::round3(elapsed),
+        "last_success_s": last_success.map(|d| report::round3(d.as_secs_f64())),
+        "login_latency": report::export(&hist),
+        "tool_cpu_s": cpu.tool,
+        "pbkdf2_computed": computed,
+        "pbkdf2_cached": cached,
+    });
+    Ok(Held {
+        stats,
+        succeeded,
+        holds,
+        release,
+    })
+}
+
+/// Keeps one session open and idle, answering pings, until released; returns why the
+/// server dropped it if it did so first.
+async fn hold(mut session: Session, mut release: watch::Receiver<bool>) -> Option<String> {
+    let conn = &mut session.conn;
+    conn.stage = "hold";
+    loop {
+        tokio::select! {
+            _ = release.changed() => break,
+            read = conn.read() => match read {
+                Ok(Read::Element(element)) => {
+                    if let Err(failure) = conn.answer_ping(&element).await {
+                        return Some(failure.to_string());
+                    }
+                }
+                Ok(Read::Open) => {}
+                Err(failure) => return Some(failure.to_string()),
+            },
+        }
+    }
+    // RFC 6120 §4.4: close our stream and give the server a moment to close its own.
+    conn.stage = "close";
+    if conn.send(b"</stream:stream>").await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while conn.read().await.is_ok() {}
+        })
+        .await;
+    }
+    None
+}
+
+/// Releases every held session and counts those the server dropped before.
+async fn end_hold(mut held: Held) -> (u64, Failures) {
+    let _ = held.release.send(true);
+    let mut drops = Failures::new();
+    let mut dropped = 0;
+    while let Some(result) = held.holds.join_next().await {
+        let reason = match result {
+            Ok(reason) => reason,
+            Err(error) => Some(format!("hold task failed: {error}")),
+        };
+        if let Some(reason) = reason {
+            dropped += 1;
+            *drops.entry(reason).or_default() += 1;
+        }
+    }
+    (dropped, drops)
+}
+
+/// Samples the server's RSS, or `None` without `--pid`.
+fn rss(pid: Option<u32>) -> anyhow::Result<Option<u64>> {
+    pid.map(report::rss_kib).transpose()
+}
+
+/// Waits `settle` then samples RSS (with `--pid`), then holds the rest of `--hold`.
+async fn settle_and_hold(args: &ConnectArgs) -> anyhow::Result<Option<u64>> {
+    let hold = Duration::from_secs_f64(args.hold.max(0.0));
+    let mut waited = Duration::ZERO;
+    let mut after = None;
+    if args.common.pid.is_some() {
+        let settle = Duration::from_secs_f64(args.settle.max(0.0));
+        tokio::time::sleep(settle).await;
+        waited = settle;
+        after = rss(args.common.pid)?;
+    }
+    tokio::time::sleep(hold.saturating_sub(waited)).await;
+    Ok(after)
+}
+
+async fn single(args: &ConnectArgs) -> anyhow::Result<()> {
+    let rss_before = rss(args.common.pid)?;
+    let meter = CpuMeter::start(args.common.pid);
+    let users = share(args, 0, 1);
+    let held = login_phase(args, users, args.rate.0, "connect:".to_owned()).await?;
+    let cpu = meter.stop().json();
+    let mut stats = held.stats.clone();
+    stats["workers"] = json!(1);
+    let rss_after = settle_and_hold(args).await?;
+    let (dropped, drops) = end_hold(held).await;
+    finish(args, 1, &[stats], cpu, rss_before, rss_after, dropped, &drops);
+    Ok(())
+}
+
+async fn worker(args: &ConnectArgs, i: u64, k: u64) -> anyhow::Result<()> {
+    let rate = args.rate.0.map(|r| r / k as f64);
+    let users = share(args, i, k);
+    let held = login_phase(args, users, rate, format!("connect worker {i}/{k}:")).await?;
+    let mut online = held.stats.clone();
+    online["event"] = json!("online");
+    println!("{online}");
+    // Hold until the parent says so; end of input (the parent died) also releases.
+    let mut line = String::new();
+    let _ = BufReader::new(tokio::io::stdin()).read_line(&mut line).await;
+    let (dropped, drops) = end_hold(held).await;
+    println!(
+        "{}",
+        json!({"event": "done", "dropped": dropped, "drop_reasons": drops})
+    );
+    Ok(())
+}
+
+async fn parent(args: &ConnectArgs, k: u64) -> anyhow::Result<()> {
+    let rss_before = rss(args.common.pid)?;
+    let meter = CpuMeter::start(args.common.pid);
+    let exe = std::env::current_exe().context("find own executable")?;
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<(u64, Value)>();
+    let mut children = Vec::new();
+    let mut stdins = Vec::new();
+    for i in 0..k {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(&argv)
+            .arg("--worker")
+            .arg(format!("{i}/{k}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start a worker process")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        stdins.push(child.stdin.take().context("worker stdin")?);
+        let tx = events_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(value) => {
+                        let _ = tx.send((i, value));
+                    }
+                    Err(_) => eprintln!("worker {i}: {line}"),
+                }
+            }
+            let _ = tx.send((i, json!({"event": "exit"})));
+        });
+        children.push(child);
+    }
+    drop(events_tx);
+
+    let mut online = vec![Value::Null; k as usize];
+    let mut pending = k;
+    while pending > 0 {
+        let (i, event) = events.recv().await.context("workers vanished")?;
+        match event["event"].as_str() {
+            Some("online") => {
+                online[i as usize] = event;
+                pending -= 1;
+            }
+            Some("exit") => bail!("worker {i} exited before its users were online"),
+            _ => {}
+        }
+    }
+    let mut cpu = meter.stop();
+    let worker_cpu: f64 = online.iter().filter_map(|s| s["tool_cpu_s"].as_f64()).sum();
+    cpu.tool = Some(cpu.tool.unwrap_or(0.0) + worker_cpu);
+    let rss_after = settle_and_hold(args).await?;
+
+    for stdin in &mut stdins {
+        let _ = stdin.write_all(b"release\n").await;
+    }
+    let (mut dropped, mut drops, mut done) = (0, Failures::new(), 0);
+    while done < k {
+        let Some((i, event)) = events.recv().await else {
+            break;
+        };
+        match event["event"].as_str() {
+            Some("done") => {
+                done += 1;
+                dropped += event["dropped"].as_u64().unwrap_or(0);
+                report::merge_failures(&mut drops, &event["drop_reasons"]);
+            }
+            Some("exit") => eprintln!("worker {i} exited without a final report"),
+            _ => {}
+        }
+    }
+    for mut child in children {
+        let _ = child.wait().await;
+    }
+    finish(args, k, &online, cpu.json(), rss_before, rss_after, dropped, &drops);
+    Ok(())
+}
+
+/// Aggregates the per-process login figures, prints the table and the JSON line.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    args: &ConnectArgs,
+    procs: u64,
+    stats: &[Value],
+    cpu: Value,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+    dropped: u64,
+    drops: &Failures,
+) {
+    let sum = |key: &str| stats.iter().filter_map(|s| s[key].as_u64()).sum::<u64>();
+    let max = |key: &str| {
+        stats
+            .iter()
+            .filter_map(|s| s[key].as_f64())
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    let (succeeded, failed) = (sum("succeeded"), sum("failed"));
+    let mut failures = Failures::new();
+    let mut hist: Histogram<u64> = report::histogram();
+    for s in stats {
+        report::merge_failures(&mut failures, &s["failures"]);
+        report::import(&mut hist, &s["login_latency"]);
+    }
+    // With several workers the phase is measured by the parent from spawning them to the
+    // last online report, so it includes process start-up (milliseconds).
+    let phase = cpu["wall_s"]
+        .as_f64()
+        .or_else(|| max("login_phase_s"))
+        .unwrap_or(0.0);
+    let login_rate = succeeded as f64 / phase.max(1e-9);
+    let all_online = (failed == 0).then(|| max("last_success_s").unwrap_or(phase));
+    let rss_per_session = match (rss_before, rss_after) {
+        (Some(before), Some(after)) if succeeded > 0 => {
+            Some(report::round3((after as f64 - before as f64) / succeeded as f64))
+        }
+        _ => None,
+    };
+    let common = &args.common;
+    let result = json!({
+        "scenario": "connect",
+        "server": common.server,
+        "tls": common.tls,
+        "mech": common.mechanism.name(),
+        "pipeline": !common.no_pipeline,
+        "presence": args.presence,
+        "users": args.count,
+        "procs": procs,
+        "rate_target": args.rate.0,
+        "concurrency": common.concurrency,
+        "succeeded": succeeded,
+        "failed": failed,
+        "failures": failures,
+        "login_phase_s": report::round3(phase),
+        "login_rate_per_s": report::round3(login_rate),
+        "time_to_all_online_s": all_online.map(report::round3),
+        "login_latency": report::summary(&hist),
+        "cpu_during_logins": cpu,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_per_session_kib": rss_per_session,
+        "held_s": args.hold,
+        "dropped": dropped,
+        "drop_reasons": drops,
+        "pbkdf2_computed": sum("pbkdf2_computed"),
+        "pbkdf2_cached": sum("pbkdf2_cached"),
+    });
+
+    println!("== connect: {} users, {procs} process(es) ==", args.count);
+    println!(
+        "logged in       {succeeded} ok, {failed} failed   ({} {}, {})",
+        if common.tls { "STARTTLS" } else { "plain TCP" },
+        common.mechanism.name(),
+        if common.no_pipeline { "no pipelining" } else { "pipelined" }
+    );
+    println!(
+        "login rate      {login_rate:.0}/s over {phase:.2} s (target {})",
+        args.rate
+            .0
+            .map_or("max".to_owned(), |r| format!("{r}/s"))
+    );
+    match all_online {
+        Some(t) => println!("all online      after {t:.2} s"),
+        None => println!("all online      never ({failed} failed)"),
+    }
+    println!("login latency   {}", report::summary_line(&hist));
+    if let Some(cpu_line) = cpu_line(&result["cpu_during_logins"]) {
+        println!("cpu in logins   {cpu_line}");
+    }
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        println!(
+            "server RSS      {before} KiB before, {after} KiB after {}s idle: {} KiB/session",
+            args.settle,
+            rss_per_session.map_or("n/a".to_owned(), |r| format!("{r:.1}"))
+        );
+    }
+    println!(
+        "pbkdf2          {} computed, {} from cache",
+        result["pbkdf2_computed"], result["pbkdf2_cached"]
+    );
+    println!("held            {} s, {dropped} dropped by the server", args.hold);
+    report::print_failures("login failures", &failures);
+    report::print_failures("drops during hold", drops);
+    println!("{result}");
+}
+
+/// "server … tool …" from a CPU JSON object.
+pub fn cpu_line(cpu: &Value) -> Option<String> {
+    let wall = cpu["wall_s"].as_f64()?;
+    let show = |key: &str| match cpu[key].as_f64() {
+        Some(c) => format!("{c:.2} s ({:.0}% of one core)", c / wall.max(1e-9) * 100.0),
+        None => "n/a".to_owned(),
+    };
+    Some(format!(
+        "server {}   tool {}   over {wall:.2} s",
+        show("server_cpu_s"),
+        show("tool_cpu_s")
+    ))
+}

@@ -1,0 +1,107 @@
+//! Logging many users in at a chosen rate with bounded concurrency.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::client::{ClientConfig, Failure, Session, login};
+
+/// The result of one login attempt.
+pub struct Outcome {
+    /// The user's number (`user<N>`).
+    pub index: u64,
+    /// The bound session, or why there is none.
+    pub result: Result<Session, Failure>,
+    /// From the start of the attempt (TCP connect) to the bind result.
+    pub latency: Duration,
+}
+
+/// How logins are paced.
+#[derive(Clone)]
+pub struct Plan {
+    /// Users to log in, by number.
+    pub users: Vec<u64>,
+    /// Account name prefix: user N is `<prefix><N>`.
+    pub prefix: String,
+    /// Everyone's password.
+    pub password: String,
+    /// Logins started per second; `None` starts them as fast as `concurrency` allows.
+    pub rate: Option<f64>,
+    /// Logins in progress at once, at most.
+    pub concurrency: usize,
+    /// Source addresses; user N uses `sources[N % len]`.
+    pub sources: Arc<Vec<IpAddr>>,
+}
+
+/// Starts logging `plan.users` in and returns the channel their outcomes arrive on, one per
+/// user, in completion order.
+pub fn start(config: Arc<ClientConfig>, plan: Plan) -> mpsc::UnboundedReceiver<Outcome> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+        let password: Arc<str> = plan.password.into();
+        let start = tokio::time::Instant::now();
+        for (n, index) in plan.users.into_iter().enumerate() {
+            if let Some(rate) = plan.rate {
+                let due = start + Duration::from_secs_f64(n as f64 / rate);
+                tokio::time::sleep_until(due).await;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let source = if plan.sources.is_empty() {
+                None
+            } else {
+                Some(plan.sources[(index as usize) % plan.sources.len()])
+            };
+            let (config, password, tx) = (config.clone(), password.clone(), tx.clone());
+            let user = format!("{}{index}", plan.prefix);
+            tokio::spawn(async move {
+                let began = Instant::now();
+                let result = login(&config, &user, &password, source).await;
+                let latency = began.elapsed();
+                drop(permit);
+                let _ = tx.send(Outcome {
+                    index,
+                    result,
+                    latency,
+                });
+            });
+        }
+    });
+    rx
+}
+
+/// Prints a progress line to stderr at most once a second.
+pub struct Progress {
+    label: String,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn new(label: impl Into<String>) -> Self {
+        let now = Instant::now();
+        Self {
+            label: label.into(),
+            started: now,
+            last: now,
+        }
+    }
+
+    /// Reports `done` of `total` (with `failed` of them failures) if a second has passed.
+    pub fn tick(&mut self, done: u64, failed: u64, total: u64) {
+        if self.last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!(
+            "{} {done}/{total} done, {failed} failed, {:.0}/s, {secs:.1} s",
+            self.label,
+            done as f64 / secs.max(1e-9)
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! `confab-bench`: an XMPP load generator for any XMPP server (Confab, ejabberd, Prosody).
+//!
+//! - `register`: creates `user1..userN` with XEP-0077 in-band registration.
+//! - `connect`: logs N users in at a chosen rate and holds them; login rate, failures, time
+//!   to all-online and, with `--pid`, the server's memory per idle session.
+//! - `chat`: P pairs exchange messages at a fixed rate or as fast as a bounded window allows;
+//!   throughput, loss, duplicates, latency percentiles and server CPU per message.
+//!
+//! Every scenario prints a human table and then one line of JSON with all figures.
+//! BENCHMARKS.md at the repository root says how to run them and what was measured.
+//!
+//! Layout: `xml` frames the server's stream, `transport` opens TCP/TLS, `sasl` and `client`
+//! log one user in, `logins` logs many in, and `connect`, `chat` and `register` are the
+//! scenarios; `report` holds the figures and /proc sampling.
+
+mod chat;
+mod client;
+mod connect;
+mod logins;
+mod register;
+mod report;
+mod sasl;
+mod transport;
+mod xml;
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::ClientConfig;
+use crate::sasl::Mechanism;
+
+/// XMPP load generator: login storms, idle sessions and chat traffic against any server.
+#[derive(Debug, Parser)]
+#[command(name = "confab-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create accounts <prefix>1..<prefix>N with XEP-0077 in-band registration.
+    Register(RegisterArgs),
+    /// Log N users in at a given rate and hold the sessions.
+    Connect(ConnectArgs),
+    /// P pairs of users exchange chat messages; measures throughput and latency.
+    Chat(ChatArgs),
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, Args)]
+struct Common {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    server: String,
+    /// XMPP domain of the accounts.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Account name prefix: user N is <prefix><N>.
+    #[arg(long, default_value = "user")]
+    users_prefix: String,
+    /// Password of every bench account.
+    #[arg(long, env = "CONFAB_BENCH_PASSWORD", default_value = "bench-password")]
+    password: String,
+    /// Number of the first user.
+    #[arg(long, default_value_t = 1)]
+    first: u64,
+    /// Negotiate STARTTLS (any certificate is accepted).
+    #[arg(long)]
+    tls: bool,
+    /// SASL mechanism.
+    #[arg(long = "mech", value_enum, default_value_t = Mechanism::ScramSha256)]
+    mechanism: Mechanism,
+    /// Wait for each <stream:features/> instead of sending ahead of it.
+    #[arg(long)]
+    no_pipeline: bool,
+    /// Local source addresses, e.g. 127.0.0.1-127.0.0.8 (each gives ~28k ports toward one
+    /// server port). Default: chosen by the kernel, or spread over 127.0.0.x automatically
+    /// when a loopback run needs more than 25,000 connections.
+    #[arg(long, value_name = "ADDRS")]
+    source: Option<String>,
+    /// Worker threads of this tool's runtime (the server competes for the same cores).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// PID of the server: sample its memory and CPU time from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Seconds one login may take before it counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    login_timeout: f64,
+    /// Logins in progress at once, at most (per process).
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// File caching SCRAM SaltedPasswords across runs (holds the bench password in clear).
+    #[arg(long, value_name = "FILE")]
+    scram_cache: Option<PathBuf>,
+    /// Resource requested at bind.
+    #[arg(long, default_value = "bench")]
+    resource: String,
+}
+
+/// `confab-bench register`.
+#[derive(Debug, Clone, Args)]
+struct RegisterArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Accounts to create.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Connections registering in parallel.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Registrations in flight per connection.
+    #[arg(long, default_value_t = 32)]
+    depth: usize,
+    /// Registrations per connection before reconnecting (servers cap unauthenticated
+    /// streams in time; Confab's pre-auth timeout is 30 s).
+    #[arg(long, default_value_t = 500)]
+    per_connection: u64,
+}
+
+/// `confab-bench connect`.
+#[derive(Debug, Clone, Args)]
+struct ConnectArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Users to log in.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Logins started per second, or `max` (bounded by --concurrency).
+    #[arg(long, default_value = "max", value_parser = parse_rate)]
+    rate: Rate,
+    /// Seconds to hold the sessions once all are online.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// Send initial presence after binding.
+    #[arg(long)]
+    presence: bool,
+    /// Seconds of idleness after all are online before the server's RSS is sampled.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// Processes to spread the users over (each may hold ~18k descriptors here); 0 picks
+    /// one per 18,000 users.
+    #[arg(long, default_value_t = 0)]
+    procs: u32,
+    /// Internal: run as worker i of K, speaking JSON lines to the parent.
+    #[arg(long, hide = true, value_name = "I/K")]
+    worker: Option<String>,
+}
+
+/// `confab-bench chat`.
+#[derive(Debug, Clone, Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Pairs: user(2i-1) and user(2i) message each other.
+    #[arg(long, default_value_t = 100)]
+    pairs: u64,
+    /// Messages per second per pair (both directions together), when not --max.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Send as fast as the window allows instead of at --rate.
+    #[arg(long)]
+    max: bool,
+    /// With --max: messages sent but not yet received, per pair.
+    #[arg(long, default_value_t = 16)]
+    inflight: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds to wait after sending for late messages before counting them lost.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+    /// Do not send initial presence (messages then go to the full JID only).
+    #[arg(long)]
+    no_presence: bool,
+}
+
+/// A login rate: per second, or unbounded.
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<f64>);
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    if text == "max" {
+        return Ok(Rate(None));
+    }
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(Rate(Some(rate))),
+        _ => Err("a positive number or `max`".to_owned()),
+    }
+}
+
+impl Common {
+    fn server_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .to_socket_addrs()
+            .with_context(|| format!("resolve {}", self.server))?
+            .next()
+            .with_context(|| format!("{} resolves to no address", self.server))
+    }
+
+    /// The per-connection client settings; `presence` as the scenario wants.
+    fn client_config(&self, presence: bool) -> anyhow::Result<ClientConfig> {
+        if let Some(path) = &self.scram_cache {
+            sasl::persist_cache(path)?;
+        }
+        Ok(ClientConfig {
+            server: self.server_addr()?,
+            domain: self.domain.clone(),
+            tls: if self.tls {
+                Some(transport::tls_connector()?)
+            } else {
+                None
+            },
+            mechanism: self.mechanism,
+            resource: self.resource.clone(),
+            presence,
+            pipeline: !self.no_pipeline,
+            timeout: Duration::from_secs_f64(self.login_timeout),
+        })
+    }
+
+    /// Source addresses for `connections` connections in total.
+    fn sources(&self, connections: u64) -> anyhow::Result<Arc<Vec<IpAddr>>> {
+        if let Some(spec) = &self.source {
+            return Ok(Arc::new(transport::parse_sources(spec)?));
+        }
+        // One source address holds ~28k connections to one server port (the ephemeral
+        // port range); past that, spread over more loopback addresses when we can.
+        const PER_SOURCE: u64 = 25_000;
+        let server = self.server_addr()?;
+        if connections <= PER_SOURCE {
+            return Ok(Arc::new(Vec::new()));
+        }
+        if !server.ip().is_loopback() || !server.is_ipv4() {
+            eprintln!(
+                "note: {connections} connections from one source address may exhaust \
+                 ephemeral ports; pass --source"
+            );
+            return Ok(Arc::new(Vec::new()));
+        }
+        let count = connections.div_ceil(PER_SOURCE) as u32;
+        let spec = format!("127.0.0.1-127.0.0.{count}");
+        eprintln!("note: spreading connections over source addresses {spec}");
+        Ok(Arc::new(transport::parse_sources(&spec)?))
+    }
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Register(args) => {
+            runtime(args.common.threads)?.block_on(register::run(args))?;
+        }
+        Command::Connect(args) => {
+            if args.count == 0 {
+                bail!("--count must be at least 1");
+            }
+            runtime(args.common.threads)?.block_on(connect::run(args))?;
+        }
+        Command::Chat(args) => {
+            if args.pairs == 0 {
+                bail!("--pairs must be at least 1");
+            }
+            runtime(args.common.threads)?.block_on(chat::run(args))?;
+        }
+    }
+    Ok(())
+}
