@@ -3,9 +3,12 @@
 //!
 //! Each message body is `<seq> <micros>`: a per-direction sequence number and the send time
 //! on this process's monotonic clock (both ends are in this process, so no clock skew). At a
-//! fixed `--rate` the stamp is the *scheduled* send time, so a server that stalls the sender
-//! is charged for the wait (no coordinated omission). With `--max`, each pair keeps at most
-//! `--inflight` messages sent but not yet received, and the stamp is the actual send time.
+//! fixed `--rate` the sender also records how late each send was against its schedule
+//! ("send lag"): if the server pushes back (full socket buffers), the lag grows, and latency
+//! measured from the actual send would hide that wait (coordinated omission), so both are
+//! reported. The stamp is not the scheduled time itself because tokio's timer wakes up to a
+//! millisecond late, which would add tool noise to every sample. With `--max`, each pair keeps
+//! at most `--inflight` messages sent but not yet received.
 //!
 //! Per pair, each connection has a reader task (counts, dedups, records latency, answers
 //! pings) and a sender task writing to the other user's full JID, which works whether or not
@@ -151,10 +154,15 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     eprintln!("chat: {pairs} pairs sending for {} s", args.duration);
 
     let mut send_errors = Failures::new();
+    let mut lag = report::histogram();
     for handle in senders {
         match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => *send_errors.entry(reason).or_default() += 1,
+            Ok((hist, error)) => {
+                lag.add(&hist).expect("same histogram bounds");
+                if let Some(reason) = error {
+                    *send_errors.entry(reason).or_default() += 1;
+                }
+            }
             Err(error) => *send_errors.entry(format!("sender failed: {error}")).or_default() += 1,
         }
     }
@@ -201,7 +209,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let sent = sent_total();
     let bounced: u64 = errors.values().sum();
     let lost = sent.saturating_sub(received + bounced);
-    let active_s = (last_us.saturating_sub(start_us)) as f64 / 1e6;
+    // Over the sending time, or until the last delivery if the server fell behind.
+    let active_s = ((last_us.saturating_sub(start_us)) as f64 / 1e6).max(args.duration);
     let throughput = received as f64 / active_s.max(1e-9);
     let (computed, cached) = sasl::cache_stats();
     let cpu_json = cpu.json();
@@ -232,6 +241,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         "throughput_per_s": report::round3(throughput),
         "offered_per_s": report::round3(sent as f64 / args.duration.max(1e-9)),
         "latency": report::summary(&hist),
+        "send_lag": (!args.max).then(|| report::summary(&lag)),
         "cpu": cpu_json,
         "server_cpu_us_per_msg": server_us_per_msg,
         "pbkdf2_computed": computed,
@@ -255,6 +265,9 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         println!("bounced         {bounced}");
     }
     println!("latency         {}", report::summary_line(&hist));
+    if !args.max {
+        println!("send lag        {}", report::summary_line(&lag));
+    }
     println!("cpu             {}", cpu.line());
     if let Some(us) = server_us_per_msg {
         println!("server cpu      {us:.1} µs per delivered message");
@@ -298,7 +311,8 @@ enum Mode {
 /// Most messages one write carries when the window has several free slots.
 const MAX_BATCH: usize = 32;
 
-/// Sends messages to `to` until `deadline`; returns why sending stopped early, if it did.
+/// Sends messages to `to` until `deadline`; returns how late sends were against the
+/// schedule (at a fixed rate) and why sending stopped early, if it did.
 async fn sender(
     writer: Writer,
     to: String,
@@ -306,6 +320,20 @@ async fn sender(
     direction: usize,
     mode: Mode,
     deadline: tokio::time::Instant,
+) -> (Histogram<u64>, Option<String>) {
+    let mut lag = report::histogram();
+    let error = send_until(writer, to, pair, direction, mode, deadline, &mut lag).await;
+    (lag, error.err())
+}
+
+async fn send_until(
+    writer: Writer,
+    to: String,
+    pair: Arc<Pair>,
+    direction: usize,
+    mode: Mode,
+    deadline: tokio::time::Instant,
+    lag: &mut Histogram<u64>,
 ) -> Result<(), String> {
     let prefix = format!("<message to='{}' type='chat'><body>", xml::escape(&to));
     const SUFFIX: &str = "</body></message>";
@@ -323,7 +351,9 @@ async fn sender(
                     return Ok(());
                 }
                 tokio::time::sleep_until(due).await;
-                let stamp = start_us + due_offset.as_micros() as u64;
+                let stamp = now_us();
+                let scheduled = start_us + due_offset.as_micros() as u64;
+                report::record(lag, stamp.saturating_sub(scheduled));
                 push_message(&mut out, &prefix, seq, stamp, SUFFIX);
                 seq += 1;
             }

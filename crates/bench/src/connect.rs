@@ -55,7 +55,6 @@ fn share(args: &ConnectArgs, i: u64, k: u64) -> Vec<u64> {
 struct Held {
     /// Login figures as JSON (also what a worker ships to the parent).
     stats: Value,
-    succeeded: u64,
     /// Hold tasks; each yields the reason its session was lost before release, if it was.
     holds: JoinSet<Option<String>>,
     release: watch::Sender<bool>,
@@ -122,7 +121,6 @@ async fn login_phase(
     });
     Ok(Held {
         stats,
-        succeeded,
         holds,
         release,
     })

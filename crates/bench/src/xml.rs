@@ -26,9 +26,10 @@ pub enum Frame {
     Close(usize),
 }
 
+#[cfg(test)]
 impl Frame {
     /// How many bytes at the front of the buffer the frame spans.
-    pub fn len(self) -> usize {
+    fn len(self) -> usize {
         match self {
             Frame::Open(len) | Frame::Element(len) | Frame::Close(len) => len,
         }

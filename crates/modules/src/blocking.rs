@@ -21,9 +21,9 @@
 //! that full JID, or any resource of a bare JID, or a domain with everything at it and at
 //! its subdomains.
 
+use crate::store_error;
 use async_trait::async_trait;
 use confab_core::stanza::element;
-use crate::store_error;
 use confab_core::store::StoreError;
 use confab_core::{
     BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType, StanzaKind,
@@ -335,7 +335,17 @@ impl Blocking {
     /// Consumes a stanza whose recipient blocks its sender (XEP-0191 §3.3): presence and
     /// messages vanish, IQ requests get `<service-unavailable/>` as if nobody were there.
     async fn refuse_inbound(router: &Router, stanza: &Stanza) {
-        if stanza.kind == StanzaKind::Iq && matches!(stanza.type_attr(), Some("get" | "set")) {
+        // XEP-0191 §3.3: IQ requests and messages from a blocked entity are answered with
+        // service-unavailable (the answer an offline or absent user would give, so the block
+        // is not revealed); presence is dropped.
+        let answerable = match stanza.kind {
+            StanzaKind::Iq => matches!(stanza.type_attr(), Some("get" | "set")),
+            StanzaKind::Message => {
+                !matches!(stanza.type_attr(), Some("error" | "groupchat" | "headline"))
+            }
+            StanzaKind::Presence => false,
+        };
+        if answerable {
             router
                 .bounce(stanza, StanzaErrorCondition::ServiceUnavailable)
                 .await;
@@ -563,4 +573,3 @@ fn own_account(iq: &Stanza) -> Option<BareJid> {
         Some(_) => None,
     }
 }
-

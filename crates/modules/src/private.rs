@@ -5,8 +5,8 @@
 //! `forbidden` is the preferred answer to anyone else). Fragments are stored as serialized
 //! text under the key `name|namespace` and are never interpreted by the server.
 
-use async_trait::async_trait;
 use crate::store_error;
+use async_trait::async_trait;
 use confab_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition, ns};
 use confab_router::{IqOutcome, Module, Router};
 
@@ -154,4 +154,3 @@ fn own_account(iq: &Stanza) -> Option<BareJid> {
         Some(_) => None,
     }
 }
-

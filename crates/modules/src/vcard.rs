@@ -6,8 +6,8 @@
 //! answered with an empty `<vCard/>` (XEP-0054 §3.1); the router has already answered
 //! `service-unavailable` for accounts that do not exist.
 
-use async_trait::async_trait;
 use crate::store_error;
+use async_trait::async_trait;
 use confab_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition, ns};
 use confab_router::{IqOutcome, Module, Router};
 
@@ -117,4 +117,3 @@ async fn set(
         .await
         .map_err(store_error)
 }
-

@@ -120,7 +120,20 @@ async fn blocked_contact_cannot_reach_the_user() {
     bob.send("<presence xmlns='jabber:client' to='alice@localhost'/>")
         .await;
     alice.expect_silence().await;
-    // Dropped without a trace: the user just looks offline.
+    // XEP-0191 §3.3: each message is answered as an unavailable user would answer it;
+    // presence is dropped without a trace.
+    for _ in 0..2 {
+        let bounce = bob.recv().await;
+        assert_eq!(bounce.type_attr(), Some("error"));
+        let error = bounce
+            .element
+            .get_child("error", ns::CLIENT)
+            .and_then(StanzaError::from_element);
+        assert_eq!(
+            error.map(|e| e.condition),
+            Some(StanzaErrorCondition::ServiceUnavailable)
+        );
+    }
     bob.expect_silence().await;
 
     // IQ requests get service-unavailable, to the full JID and to the bare JID.

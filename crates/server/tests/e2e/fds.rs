@@ -33,8 +33,14 @@ async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(refused > 0, "some connections were refused ({accepted} accepted)");
-    assert!(accepted > 0, "some connections were served ({refused} refused)");
+    assert!(
+        refused > 0,
+        "some connections were refused ({accepted} accepted)"
+    );
+    assert!(
+        accepted > 0,
+        "some connections were served ({refused} refused)"
+    );
     assert!(server.is_running(), "the server survived the flood");
 
     // Free the descriptors; the server serves HTTP and XMPP again.
@@ -47,7 +53,10 @@ async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
         if matches!(probe.next_event().await, Event::Open) {
             break server.metrics().await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the server recovers");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server recovers"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let health = server.http_get("/healthz").await;
@@ -55,7 +64,8 @@ async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
     let counted = metric(&metrics, "confab_connections_refused_total").unwrap_or(0.0);
     assert!(
         counted >= refused as f64,
-        "confab_connections_refused_total {counted} counts the {refused} refusals:\n{metrics}"
+        "confab_connections_refused_total {counted} counts the {refused} refusals \
+         ({accepted} accepted):\n{metrics}"
     );
     let mut alice = server.login("alice", "after").await;
     alice.sync().await;

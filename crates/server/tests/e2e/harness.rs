@@ -273,14 +273,6 @@ impl Server {
         assert_eq!(response.status, 200, "GET /metrics: {response:?}");
         response.body
     }
-
-    /// The server's standard error so far.
-    pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
 }
 
 /// Removes inherited `CONFAB__*` and `RUST_LOG` and sets the test's own variables.
@@ -290,6 +282,7 @@ fn clean_env(command: &mut Command, env: &[(String, String)]) {
             command.env_remove(name);
         }
     }
+    command.env("NO_COLOR", "1");
     // Debug logs of the protocol crates make a failing test's stderr dump useful.
     command.env(
         "RUST_LOG",
@@ -445,15 +438,10 @@ impl Client {
     pub async fn expect(&mut self, name: &str, namespace: &str) -> Element {
         match self.next_event().await {
             Event::Element(element) if element.is(name, namespace) => element,
-            other => panic!("expected <{name} xmlns='{namespace}'>, got {}", show(&other)),
-        }
-    }
-
-    /// The next element, whatever it is.
-    pub async fn next_element(&mut self) -> Element {
-        match self.next_event().await {
-            Event::Element(element) => element,
-            other => panic!("expected an element, got {}", show(&other)),
+            other => panic!(
+                "expected <{name} xmlns='{namespace}'>, got {}",
+                show(&other)
+            ),
         }
     }
 
@@ -638,8 +626,10 @@ impl Client {
     /// Sends initial (or updated) presence with `priority`, then [`Client::sync`]s so what
     /// the presence triggered is consumed; returns those elements.
     pub async fn available(&mut self, priority: i8) -> Vec<Element> {
-        self.send(format!("<presence><priority>{priority}</priority></presence>"))
-            .await;
+        self.send(format!(
+            "<presence><priority>{priority}</priority></presence>"
+        ))
+        .await;
         self.sync().await
     }
 

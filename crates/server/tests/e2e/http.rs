@@ -1,6 +1,6 @@
 //! The HTTP listener: health and Prometheus metrics reflecting real XMPP traffic.
 
-use crate::harness::{Server, metric, ns};
+use crate::harness::{Server, metric};
 use std::time::Duration;
 
 #[tokio::test]
@@ -20,7 +20,10 @@ async fn unknown_path_is_a_json_404() {
     let server = Server::builder().start().await;
     let response = server.http_get("/nope").await;
     assert_eq!(response.status, 404, "{response:?}");
-    assert!(response.body.contains(r#""error":"not_found""#), "{response:?}");
+    assert!(
+        response.body.contains(r#""error":"not_found""#),
+        "{response:?}"
+    );
 }
 
 /// Polls `/metrics` until `sample` satisfies `ok` (counters are updated by the server's tasks,
@@ -45,7 +48,11 @@ async fn metrics_follow_sessions_stanzas_and_auth_failures() {
     let server = Server::start(&[], &[]).await;
     let text = server.metrics().await;
     assert_eq!(metric(&text, "confab_sessions"), Some(0.0), "{text}");
-    assert_eq!(metric(&text, "confab_auth_failures_total"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "confab_auth_failures_total"),
+        Some(0.0),
+        "{text}"
+    );
 
     let mut alice = server.login_available("alice", "a", 0).await;
     let mut bob = server.login_available("bob", "b", 0).await;
@@ -62,7 +69,12 @@ async fn metrics_follow_sessions_stanzas_and_auth_failures() {
         bob.expect_message_with_body(&format!("count {n}")).await;
     }
     wait_for_metric(&server, sample, |v| v >= before + 3.0).await;
-    wait_for_metric(&server, r#"confab_stanzas_out_total{kind="message"}"#, |v| v >= 3.0).await;
+    wait_for_metric(
+        &server,
+        r#"confab_stanzas_out_total{kind="message"}"#,
+        |v| v >= 3.0,
+    )
+    .await;
 
     let mut mallory = server.connect().await;
     mallory.open_stream().await;
@@ -74,5 +86,4 @@ async fn metrics_follow_sessions_stanzas_and_auth_failures() {
     bob.send("</stream:stream>").await;
     bob.expect_closed().await;
     wait_for_metric(&server, "confab_sessions", |v| v == 1.0).await;
-    let _ = ns::CLIENT;
 }

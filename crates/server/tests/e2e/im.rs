@@ -109,7 +109,9 @@ async fn message_to_another_domain_bounces_remote_server_not_found() {
     let server = Server::start(&[], &[]).await;
     let mut alice = server.login_available("alice", "a", 0).await;
     alice
-        .send("<message type='chat' id='x2' to='someone@elsewhere.example'><body>hi</body></message>")
+        .send(
+            "<message type='chat' id='x2' to='someone@elsewhere.example'><body>hi</body></message>",
+        )
         .await;
     let (error, _) = alice
         .expect_matching("the bounce", |e| {
@@ -157,7 +159,11 @@ async fn offline_message_is_delivered_with_a_delay_stamp_after_presence() {
     let delay = message
         .get_child("delay", ns::DELAY)
         .unwrap_or_else(|| panic!("XEP-0203 delay: {}", xml(message)));
-    assert!(delay.attr("stamp").is_some_and(|s| s.ends_with('Z')), "{}", xml(message));
+    assert!(
+        delay.attr("stamp").is_some_and(|s| s.ends_with('Z')),
+        "{}",
+        xml(message)
+    );
 
     // Delivered once: a new session does not get it again.
     drop(bob);
@@ -171,7 +177,11 @@ async fn ping_to_the_server_is_answered() {
     let server = Server::start(&[], &[]).await;
     let mut alice = server.login("alice", "a").await;
     let reply = alice
-        .iq("get", Some("localhost"), &format!("<ping xmlns='{}'/>", ns::PING))
+        .iq(
+            "get",
+            Some("localhost"),
+            &format!("<ping xmlns='{}'/>", ns::PING),
+        )
         .await;
     assert_eq!(reply.attr("type"), Some("result"), "{}", xml(&reply));
     assert_eq!(reply.attr("from"), Some("localhost"));
@@ -183,7 +193,11 @@ async fn iq_with_an_unknown_namespace_is_service_unavailable() {
     let server = Server::start(&[], &[]).await;
     let mut alice = server.login("alice", "a").await;
     let reply = alice
-        .iq("get", Some("localhost"), "<query xmlns='urn:example:unknown'/>")
+        .iq(
+            "get",
+            Some("localhost"),
+            "<query xmlns='urn:example:unknown'/>",
+        )
         .await;
     assert_eq!(
         stanza_error(&reply).as_deref(),
@@ -248,7 +262,9 @@ async fn blocked_contact_cannot_message_and_the_blocker_gets_a_blocked_error() {
     let mut carol = server.login_available("carol", "c", 0).await;
     carol.message("alice@localhost", "marker").await;
     let (_, before) = alice
-        .expect_matching("carol's marker", |e| body_of(e).as_deref() == Some("marker"))
+        .expect_matching("carol's marker", |e| {
+            body_of(e).as_deref() == Some("marker")
+        })
         .await;
     assert!(
         messages(&before).is_empty(),

@@ -180,7 +180,8 @@ async fn binding_the_same_full_jid_again_replaces_the_first_session_with_conflic
     // The new session works and receives what is addressed to the full JID.
     second.available(0).await;
     let mut bob = server.login("bob", "pc").await;
-    bob.message("alice@localhost/phone", "to the new phone").await;
+    bob.message("alice@localhost/phone", "to the new phone")
+        .await;
     second.expect_message_with_body("to the new phone").await;
 }
 
@@ -196,11 +197,7 @@ async fn legacy_session_iq_is_answered_with_a_result() {
     assert!(session.has_child("optional", ns::SESSION), "{features:?}");
     client.bind(Some("old")).await;
     let reply = client
-        .iq(
-            "set",
-            None,
-            &format!("<session xmlns='{}'/>", ns::SESSION),
-        )
+        .iq("set", None, &format!("<session xmlns='{}'/>", ns::SESSION))
         .await;
     assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
 }

@@ -80,10 +80,15 @@ async fn mutual_subscription_shares_available_presence() {
         .send("<presence><show>away</show><status>lunch</status></presence>")
         .await;
     let (update, _) = bob
-        .expect_matching("alice's update", |e| is_presence(e, None, "alice@localhost/a"))
+        .expect_matching("alice's update", |e| {
+            is_presence(e, None, "alice@localhost/a")
+        })
         .await;
     assert_eq!(
-        update.get_child("status", ns::CLIENT).map(Element::text).as_deref(),
+        update
+            .get_child("status", ns::CLIENT)
+            .map(Element::text)
+            .as_deref(),
         Some("lunch")
     );
     let mut phone = server.login("bob", "phone").await;
@@ -112,7 +117,8 @@ async fn dropped_connection_sends_unavailable_to_contacts() {
             is_presence(e, Some("unavailable"), "bob@localhost/b")
         })
         .await;
-    assert_eq!(unavailable.attr("to"), Some("alice@localhost/a"));
+    // RFC 6121 §4.5.2: broadcast to the contact's bare JID, delivered to each resource.
+    assert_eq!(unavailable.attr("to"), Some("alice@localhost"));
 }
 
 #[tokio::test]
@@ -120,7 +126,9 @@ async fn presence_is_not_shared_without_a_subscription() {
     let server = Server::start(&[], &[]).await;
     let mut alice = server.login_available("alice", "a", 0).await;
     let mut bob = server.login_available("bob", "b", 0).await;
-    alice.send("<presence><status>secret</status></presence>").await;
+    alice
+        .send("<presence><status>secret</status></presence>")
+        .await;
     alice.sync().await;
     let before = bob.sync().await;
     assert!(

@@ -1,13 +1,16 @@
 //! In-band registration (XEP-0077) before authentication.
 
-use crate::harness::{Server, ns, stanza_error, xml};
+use crate::harness::{Server, ns, password, stanza_error, xml};
 
 const REGISTER_NEWBIE: &str = "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'>\
 <username>newbie</username><password>fresh-pw</password></query></iq>";
 
 #[tokio::test]
 async fn open_registration_creates_an_account_that_can_log_in() {
-    let server = Server::builder().args(&["--registration", "open"]).start().await;
+    let server = Server::builder()
+        .args(&["--registration", "open"])
+        .start()
+        .await;
     let mut client = server.connect().await;
     let features = client.open_stream().await;
     assert!(
@@ -31,14 +34,22 @@ async fn open_registration_creates_an_account_that_can_log_in() {
     other.open_stream().await;
     other.send(REGISTER_NEWBIE).await;
     let reply = other.expect("iq", ns::CLIENT).await;
-    assert_eq!(stanza_error(&reply).as_deref(), Some("conflict"), "{}", xml(&reply));
+    assert_eq!(
+        stanza_error(&reply).as_deref(),
+        Some("conflict"),
+        "{}",
+        xml(&reply)
+    );
     // XEP-0077 §3.3: the password is never echoed back.
     assert!(!xml(&reply).contains("fresh-pw"), "{}", xml(&reply));
 }
 
 #[tokio::test]
 async fn registration_form_is_offered_on_an_empty_query() {
-    let server = Server::builder().args(&["--registration", "open"]).start().await;
+    let server = Server::builder()
+        .args(&["--registration", "open"])
+        .start()
+        .await;
     let mut client = server.connect().await;
     client.open_stream().await;
     client
@@ -58,7 +69,11 @@ async fn closed_registration_is_refused() {
     let server = Server::builder().start().await;
     let mut client = server.connect().await;
     let features = client.open_stream().await;
-    assert!(!features.has_child("register", ns::REGISTER_FEATURE), "{}", xml(&features));
+    assert!(
+        !features.has_child("register", ns::REGISTER_FEATURE),
+        "{}",
+        xml(&features)
+    );
     client.send(REGISTER_NEWBIE).await;
     let reply = client.expect("iq", ns::CLIENT).await;
     // XEP-0077 §3.1: a server without in-band registration answers service-unavailable.
@@ -72,4 +87,18 @@ async fn closed_registration_is_refused() {
     // No account was created.
     client.auth_plain("newbie", "fresh-pw").await;
     assert_eq!(client.expect_sasl_failure().await, "not-authorized");
+}
+
+#[tokio::test]
+async fn account_added_while_the_server_runs_can_log_in() {
+    let server = Server::builder().start().await;
+    let mut before = server.connect().await;
+    before.open_stream().await;
+    before.auth_plain("dave", &password("dave")).await;
+    assert_eq!(before.expect_sasl_failure().await, "not-authorized");
+    // `confab user add` works on the live data directory (SQLite WAL).
+    server.add_user("dave", &password("dave")).await;
+    let mut dave = server.login("dave", "new").await;
+    assert_eq!(dave.full_jid(), "dave@localhost/new");
+    dave.sync().await;
 }

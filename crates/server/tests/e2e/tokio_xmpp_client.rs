@@ -23,7 +23,8 @@ use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::message::{Lang, Message};
 use tokio_xmpp::parsers::starttls;
 use tokio_xmpp::xmlstream::{
-    FallibleStreamElement, PendingFeaturesRecv, ReadError, StreamHeader, Timeouts, XmppStreamElement, initiate_stream,
+    FallibleStreamElement, PendingFeaturesRecv, ReadError, StreamHeader, Timeouts,
+    XmppStreamElement, initiate_stream,
 };
 use tokio_xmpp::{Client, Event, Stanza};
 
@@ -64,7 +65,7 @@ impl ServerConnector for SelfSignedStartTls {
             match stream
                 .next()
                 .await
-                .map(|v| v.map(|v| v.into_read_error()).flatten())
+                .map(|v| v.and_then(|v| v.into_read_error()))
             {
                 Some(Ok(XmppStreamElement::Starttls(starttls::Nonza::Proceed(_)))) => break,
                 Some(Ok(_)) | Some(Err(ReadError::SoftTimeout)) => {}
