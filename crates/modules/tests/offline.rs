@@ -3,12 +3,9 @@
 mod common;
 
 use common::{Client, router_with_accounts};
-use confab_core::metrics::Metrics;
-use confab_core::store::{AccountStore, Store};
-use confab_core::{BareJid, Stanza, StanzaError, StanzaErrorCondition, ns};
-use confab_modules::{ModuleOptions, default_modules};
+use confab_core::{Stanza, StanzaError, StanzaErrorCondition, ns};
+use confab_modules::ModuleOptions;
 use confab_router::Router;
-use confab_sessions::SessionManager;
 use std::sync::Arc;
 
 fn xml(stanza: &Stanza) -> String {
@@ -207,24 +204,11 @@ async fn router_with_quota(quota: u32) -> Arc<Router> {
         .await
         .expect("store")
         .with_offline_quota(quota);
-    for account in ["alice", "bob"] {
-        let credentials = confab_auth::derive_credentials(account, 64);
-        store
-            .create_account(account, &credentials)
-            .await
-            .expect("account");
-    }
-    let store: Arc<dyn Store> = Arc::new(store);
-    Arc::new(Router::new(
-        BareJid::new("localhost").expect("domain"),
-        Arc::new(SessionManager::new()),
-        store,
-        Arc::new(Metrics::new()),
-        default_modules(&ModuleOptions {
-            registration_open: false,
-            scram_iterations: 64,
-        }),
-    ))
+    let options = ModuleOptions {
+        registration_open: false,
+        scram_iterations: 64,
+    };
+    common::router_over(store, &["alice", "bob"], options).await
 }
 
 #[tokio::test]

@@ -28,6 +28,15 @@ pub async fn router_with_options(accounts: &[&str], options: ModuleOptions) -> A
     let store = confab_store::SqliteStore::open_in_memory()
         .await
         .expect("store");
+    router_over(store, accounts, options).await
+}
+
+/// A router over a given store, creating the accounts (password = username).
+pub async fn router_over(
+    store: confab_store::SqliteStore,
+    accounts: &[&str],
+    options: ModuleOptions,
+) -> Arc<Router> {
     for account in accounts {
         let credentials = confab_auth::derive_credentials(account, 64);
         store
