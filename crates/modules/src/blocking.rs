@@ -194,7 +194,7 @@ impl Blocking {
             .map_err(store_error)?;
         // XEP-0191 §3.3: contacts who saw the user's presence now see them go offline. This
         // must happen before the cache learns the block, or `on_routed` would drop it.
-        self.send_unavailable(router, account, username, &jids)
+        self.send_presence(router, account, username, &jids, Courtesy::Unavailable)
             .await;
         self.update_cache(account, |set| set.extend(items.iter().cloned()));
         router.route(iq.iq_result(None)).await;
@@ -203,9 +203,6 @@ impl Blocking {
     }
 
     /// `<unblock/>` set, with items or, empty, for everything (XEP-0191 §3.4, §3.5).
-    ///
-    /// XEP-0191 §3.4 also asks to resend current presence to unblocked contacts; that is
-    /// left to the client, which may resend its presence.
     async fn unblock(
         &self,
         router: &Router,
@@ -216,6 +213,17 @@ impl Blocking {
     ) -> Result<IqOutcome, StanzaError> {
         let jids = parse_items(payload)?;
         let items: Vec<String> = jids.iter().map(|jid| jid.as_str().to_owned()).collect();
+        // Unblocking everything unblocks what the list held, for the presence below.
+        let unblocked: Vec<Jid> = if jids.is_empty() {
+            let current = self.list(router, account).await.map_err(store_error)?;
+            current
+                .items
+                .iter()
+                .filter_map(|jid| Jid::new(jid).ok())
+                .collect()
+        } else {
+            jids.clone()
+        };
         router
             .store
             .unblock(username, &items)
@@ -230,20 +238,25 @@ impl Blocking {
                 }
             });
         }
+        // XEP-0191 §3.4 (MUST): unblocked contacts get the user's current presence again,
+        // after the cache forgot the block so `on_routed` lets it through.
+        self.send_presence(router, account, username, &unblocked, Courtesy::Current)
+            .await;
         router.route(iq.iq_result(None)).await;
         self.push(router, account, items_element("unblock", &items));
         Ok(IqOutcome::Replied)
     }
 
-    /// Sends unavailable presence from each available resource of the user to the newly
-    /// blocked JIDs that were entitled to its presence: roster contacts with a `from` or
+    /// Sends presence from each available resource of the user to the newly blocked or
+    /// unblocked JIDs that are entitled to its presence: roster contacts with a `from` or
     /// `both` subscription, and entities the resource sent directed presence to.
-    async fn send_unavailable(
+    async fn send_presence(
         &self,
         router: &Router,
         account: &BareJid,
         username: &str,
         blocked: &[Jid],
+        courtesy: Courtesy,
     ) {
         let available = router.sessions.available(account);
         if available.is_empty() {
@@ -292,16 +305,18 @@ impl Blocking {
                 if !sent.insert(target.as_str().to_owned()) {
                     continue;
                 }
-                let presence = element(
-                    "presence",
-                    ns::CLIENT,
-                    &[
-                        ("type", "unavailable"),
-                        ("from", resource.jid.as_str()),
-                        ("to", target.as_str()),
-                    ],
-                );
-                router.route(Stanza::new(presence)).await;
+                let mut presence = match courtesy {
+                    Courtesy::Unavailable => {
+                        Stanza::new(element("presence", ns::CLIENT, &[("type", "unavailable")]))
+                    }
+                    Courtesy::Current => match resource.state.lock().presence.clone() {
+                        Some(current) => Stanza::new(current),
+                        None => continue,
+                    },
+                };
+                presence.set_from(Some(Jid::from(resource.jid.clone())));
+                presence.set_to(Some(target.clone()));
+                router.route(presence).await;
             }
         }
     }
@@ -572,4 +587,13 @@ fn own_account(iq: &Stanza) -> Option<BareJid> {
         Some(to) if to.resource().is_none() && to.to_bare() == from => Some(from),
         Some(_) => None,
     }
+}
+
+/// Which presence a block change sends to the affected contacts.
+#[derive(Clone, Copy)]
+enum Courtesy {
+    /// The user went invisible to a newly blocked contact (XEP-0191 §3.3).
+    Unavailable,
+    /// The user's current presence, to a newly unblocked contact (XEP-0191 §3.4).
+    Current,
 }

@@ -407,6 +407,19 @@ async fn blocking_sends_unavailable_presence_to_subscribed_contact() {
     assert_eq!(presence.type_attr(), Some("unavailable"));
     assert_eq!(presence.element.attr("from"), Some("alice@localhost/phone"));
     bob.expect_silence().await;
+
+    // XEP-0191 §3.4: unblocking (here: everything) sends the current presence again.
+    let reply = iq(
+        &mut alice,
+        "<iq xmlns='jabber:client' type='set' id='u1'><unblock xmlns='urn:xmpp:blocking'/></iq>",
+    )
+    .await;
+    assert_result(&reply, "u1");
+    let presence = bob.recv().await;
+    assert_eq!(presence.element.name(), "presence");
+    assert_eq!(presence.type_attr(), None, "available again");
+    assert_eq!(presence.element.attr("from"), Some("alice@localhost/phone"));
+    bob.expect_silence().await;
 }
 
 #[tokio::test]
