@@ -15,8 +15,8 @@
 //! the server routes by presence (RFC 6121 §8.5.3.1).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -148,7 +148,14 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         } else {
             Mode::Rate(per_direction)
         };
-        senders.push(tokio::spawn(sender(a_wr, b_jid, pair.clone(), 0, mode, deadline)));
+        senders.push(tokio::spawn(sender(
+            a_wr,
+            b_jid,
+            pair.clone(),
+            0,
+            mode,
+            deadline,
+        )));
         senders.push(tokio::spawn(sender(b_wr, a_jid, pair, 1, mode, deadline)));
     }
     eprintln!("chat: {pairs} pairs sending for {} s", args.duration);
@@ -163,7 +170,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                     *send_errors.entry(reason).or_default() += 1;
                 }
             }
-            Err(error) => *send_errors.entry(format!("sender failed: {error}")).or_default() += 1,
+            Err(error) => {
+                *send_errors
+                    .entry(format!("sender failed: {error}"))
+                    .or_default() += 1
+            }
         }
     }
     let sent_total = || -> u64 {
@@ -491,7 +502,13 @@ mod tests {
     #[test]
     fn bodies_round_trip() {
         let mut out = Vec::new();
-        push_message(&mut out, "<message to='b'><body>", 42, 1234, "</body></message>");
+        push_message(
+            &mut out,
+            "<message to='b'><body>",
+            42,
+            1234,
+            "</body></message>",
+        );
         assert_eq!(out, b"<message to='b'><body>42 1234</body></message>");
         let body = xml::child_text(&out, "body").expect("body");
         assert_eq!(parse_body(body), Some((42, 1234)));

@@ -109,7 +109,13 @@ impl Conn {
 
     /// Reads the next frame. A stream error or the server closing the stream is a failure.
     pub async fn read(&mut self) -> Result<Read, Failure> {
-        read_frame(&mut self.stream, &mut self.buf, &mut self.scanner, self.stage).await
+        read_frame(
+            &mut self.stream,
+            &mut self.buf,
+            &mut self.scanner,
+            self.stage,
+        )
+        .await
     }
 
     /// Reads the next element, skipping stream headers.
@@ -280,7 +286,10 @@ async fn login_inner(
         features
     };
     if !xml::has_child(&features, "bind") {
-        return Err(Failure::new("bind", "server did not offer resource binding"));
+        return Err(Failure::new(
+            "bind",
+            "server did not offer resource binding",
+        ));
     }
     let jid = loop {
         let element = conn.element().await?;
@@ -327,10 +336,7 @@ async fn login_inner(
 
 /// Connects, negotiates STARTTLS if configured, and opens the stream; returns the
 /// connection, unauthenticated, with the server's features (for in-band registration).
-pub async fn open(
-    config: &ClientConfig,
-    source: Option<IpAddr>,
-) -> Result<(Conn, Bytes), Failure> {
+pub async fn open(config: &ClientConfig, source: Option<IpAddr>) -> Result<(Conn, Bytes), Failure> {
     let mut conn = Conn::connect(config.server, source).await?;
     if let Some(connector) = &config.tls {
         conn = starttls(conn, config, connector).await?;
@@ -456,10 +462,9 @@ async fn authenticate(
             b"failure" => {
                 let mut failure = Failure::new("sasl", xml::error_reason(&element));
                 if !offered {
-                    failure.reason.push_str(&format!(
-                        "; {} not offered",
-                        mechanism.name()
-                    ));
+                    failure
+                        .reason
+                        .push_str(&format!("; {} not offered", mechanism.name()));
                 }
                 return Err(failure);
             }
@@ -525,6 +530,74 @@ mod tests {
         );
         assert_eq!(ping_reply(b"<iq type='result' id='x'/>"), None);
         assert_eq!(ping_reply(b"<message/>"), None);
+    }
+
+    /// A scripted server: answers each stream header with features, `<auth/>` with
+    /// success and the bind request with a JID, reacting only to what it has received, so a
+    /// client that sends ahead and one that waits both work.
+    async fn fake_server(listener: tokio::net::TcpListener) -> String {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut seen = String::new();
+        let (mut headers, mut authed, mut bound) = (0, false, false);
+        let mut buf = [0u8; 4096];
+        while !bound {
+            let n = socket.read(&mut buf).await.expect("read");
+            assert!(n > 0, "client closed early; got {seen}");
+            seen.push_str(std::str::from_utf8(&buf[..n]).expect("utf8"));
+            let mut out = String::new();
+            while seen.matches("<stream:stream").count() > headers {
+                headers += 1;
+                out.push_str("<stream:stream xmlns='jabber:client' id='s' from='localhost'");
+                out.push_str(" xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+                out.push_str(if authed {
+                    "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
+                     <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/>\
+                     </session></stream:features>"
+                } else {
+                    "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+                     <mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+                });
+            }
+            if !authed && seen.contains("</auth>") {
+                authed = true;
+                out.push_str("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+            }
+            if authed && seen.contains("</bind></iq>") && headers == 2 {
+                bound = true;
+                out.push_str(
+                    "<iq type='result' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:\
+                     xmpp-bind'><jid>u1@localhost/bench</jid></bind></iq>",
+                );
+            }
+            socket.write_all(out.as_bytes()).await.expect("write");
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn logs_in_with_and_without_pipelining() {
+        for pipeline in [true, false] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let config = ClientConfig {
+                server: listener.local_addr().expect("addr"),
+                domain: "localhost".to_owned(),
+                tls: None,
+                mechanism: Mechanism::Plain,
+                resource: "bench".to_owned(),
+                presence: false,
+                pipeline,
+                timeout: Duration::from_secs(5),
+            };
+            let server = tokio::spawn(fake_server(listener));
+            let session = login(&config, "u1", "pw", None).await.expect("login");
+            assert_eq!(session.jid, "u1@localhost/bench");
+            let seen = server.await.expect("server");
+            // PLAIN carries "\0u1\0pw"; the legacy session is optional, so none is sent.
+            assert!(seen.contains(&B64.encode(b"\0u1\0pw")), "{seen}");
+            assert!(!seen.contains("xmpp-session"), "{seen}");
+        }
     }
 
     #[test]

@@ -204,7 +204,16 @@ async fn single(args: &ConnectArgs) -> anyhow::Result<()> {
     stats["workers"] = json!(1);
     let rss_after = settle_and_hold(args).await?;
     let (dropped, drops) = end_hold(held).await;
-    finish(args, 1, &[stats], cpu, rss_before, rss_after, dropped, &drops);
+    finish(
+        args,
+        1,
+        &[stats],
+        cpu,
+        rss_before,
+        rss_after,
+        dropped,
+        &drops,
+    );
     Ok(())
 }
 
@@ -217,7 +226,9 @@ async fn worker(args: &ConnectArgs, i: u64, k: u64) -> anyhow::Result<()> {
     println!("{online}");
     // Hold until the parent says so; end of input (the parent died) also releases.
     let mut line = String::new();
-    let _ = BufReader::new(tokio::io::stdin()).read_line(&mut line).await;
+    let _ = BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await;
     let (dropped, drops) = end_hold(held).await;
     println!(
         "{}",
@@ -285,25 +296,38 @@ async fn parent(args: &ConnectArgs, k: u64) -> anyhow::Result<()> {
     for stdin in &mut stdins {
         let _ = stdin.write_all(b"release\n").await;
     }
-    let (mut dropped, mut drops, mut done) = (0, Failures::new(), 0);
-    while done < k {
+    let (mut dropped, mut drops) = (0, Failures::new());
+    let mut reported = vec![false; k as usize];
+    while reported.iter().any(|r| !r) {
         let Some((i, event)) = events.recv().await else {
             break;
         };
         match event["event"].as_str() {
             Some("done") => {
-                done += 1;
+                reported[i as usize] = true;
                 dropped += event["dropped"].as_u64().unwrap_or(0);
                 report::merge_failures(&mut drops, &event["drop_reasons"]);
             }
-            Some("exit") => eprintln!("worker {i} exited without a final report"),
+            Some("exit") if !reported[i as usize] => {
+                eprintln!("worker {i} exited without a final report");
+                reported[i as usize] = true;
+            }
             _ => {}
         }
     }
     for mut child in children {
         let _ = child.wait().await;
     }
-    finish(args, k, &online, cpu.json(), rss_before, rss_after, dropped, &drops);
+    finish(
+        args,
+        k,
+        &online,
+        cpu.json(),
+        rss_before,
+        rss_after,
+        dropped,
+        &drops,
+    );
     Ok(())
 }
 
@@ -342,9 +366,9 @@ fn finish(
     let login_rate = succeeded as f64 / phase.max(1e-9);
     let all_online = (failed == 0).then(|| max("last_success_s").unwrap_or(phase));
     let rss_per_session = match (rss_before, rss_after) {
-        (Some(before), Some(after)) if succeeded > 0 => {
-            Some(report::round3((after as f64 - before as f64) / succeeded as f64))
-        }
+        (Some(before), Some(after)) if succeeded > 0 => Some(report::round3(
+            (after as f64 - before as f64) / succeeded as f64,
+        )),
         _ => None,
     };
     let common = &args.common;
@@ -382,13 +406,15 @@ fn finish(
         "logged in       {succeeded} ok, {failed} failed   ({} {}, {})",
         if common.tls { "STARTTLS" } else { "plain TCP" },
         common.mechanism.name(),
-        if common.no_pipeline { "no pipelining" } else { "pipelined" }
+        if common.no_pipeline {
+            "no pipelining"
+        } else {
+            "pipelined"
+        }
     );
     println!(
         "login rate      {login_rate:.0}/s over {phase:.2} s (target {})",
-        args.rate
-            .0
-            .map_or("max".to_owned(), |r| format!("{r}/s"))
+        args.rate.0.map_or("max".to_owned(), |r| format!("{r}/s"))
     );
     match all_online {
         Some(t) => println!("all online      after {t:.2} s"),
@@ -404,12 +430,21 @@ fn finish(
             args.settle,
             rss_per_session.map_or("n/a".to_owned(), |r| format!("{r:.1}"))
         );
+        if rss_per_session.is_some_and(|r| r < 1.0) {
+            println!(
+                "                (the server is reusing memory freed by an earlier run: \
+                 restart it for a per-session figure)"
+            );
+        }
     }
     println!(
         "pbkdf2          {} computed, {} from cache",
         result["pbkdf2_computed"], result["pbkdf2_cached"]
     );
-    println!("held            {} s, {dropped} dropped by the server", args.hold);
+    println!(
+        "held            {} s, {dropped} dropped by the server",
+        args.hold
+    );
     report::print_failures("login failures", &failures);
     report::print_failures("drops during hold", drops);
     println!("{result}");
@@ -422,8 +457,12 @@ pub fn cpu_line(cpu: &Value) -> Option<String> {
         Some(c) => format!("{c:.2} s ({:.0}% of one core)", c / wall.max(1e-9) * 100.0),
         None => "n/a".to_owned(),
     };
+    let other = match cpu["other_cores"].as_f64() {
+        Some(cores) => format!("{:.0}% of one core", cores * 100.0),
+        None => "n/a".to_owned(),
+    };
     Some(format!(
-        "server {}   tool {}   over {wall:.2} s",
+        "server {}   tool {}   other processes {other}   over {wall:.2} s",
         show("server_cpu_s"),
         show("tool_cpu_s")
     ))

@@ -95,8 +95,7 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<()> {
         )));
     }
     let mut progress = crate::logins::Progress::new("register:");
-    while work.outstanding.load(Ordering::Relaxed) > 0 && !tasks.iter().all(|t| t.is_finished())
-    {
+    while work.outstanding.load(Ordering::Relaxed) > 0 && !tasks.iter().all(|t| t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let failed = work.failed();
         let done = args.count - work.outstanding.load(Ordering::Relaxed);
@@ -132,7 +131,10 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<()> {
         common.users_prefix,
         common.first + args.count.saturating_sub(1)
     );
-    println!("created         {created}   ({:.0}/s)", created as f64 / elapsed.max(1e-9));
+    println!(
+        "created         {created}   ({:.0}/s)",
+        created as f64 / elapsed.max(1e-9)
+    );
     println!("already there   {existed}");
     println!("failed          {failed}");
     report::print_failures("failures", &failures);

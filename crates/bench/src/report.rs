@@ -142,12 +142,31 @@ fn stat_seconds(pid: &str, children: bool) -> anyhow::Result<f64> {
     Ok(ticks / TICKS_PER_SEC)
 }
 
-/// CPU use of the server (if `--pid`) and of this tool over an interval.
+/// CPU seconds all cores spent busy (not idle, not waiting for IO) since boot, from the
+/// first line of /proc/stat.
+pub fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let busy: f64 = ticks.iter().take(8).sum::<f64>()
+        - ticks.get(3).copied().unwrap_or(0.0)
+        - ticks.get(4).copied().unwrap_or(0.0);
+    Ok(busy / TICKS_PER_SEC)
+}
+
+/// CPU use of the server (if `--pid`), of this tool and of the whole machine over an
+/// interval; the machine figure shows when other processes competed for the cores.
 pub struct CpuMeter {
     pid: Option<u32>,
     start: Instant,
     server: Option<f64>,
     tool: Option<f64>,
+    machine: Option<f64>,
 }
 
 impl CpuMeter {
@@ -158,6 +177,7 @@ impl CpuMeter {
             start: Instant::now(),
             server: pid.and_then(|p| cpu_seconds(&p.to_string()).ok()),
             tool: tool_cpu_seconds().ok(),
+            machine: machine_busy_seconds().ok(),
         }
     }
 
@@ -172,7 +192,15 @@ impl CpuMeter {
         let tool = self
             .tool
             .and_then(|before| tool_cpu_seconds().ok().map(|now| now - before));
-        CpuUse { server, tool, wall }
+        let machine = self
+            .machine
+            .and_then(|before| machine_busy_seconds().ok().map(|now| now - before));
+        CpuUse {
+            server,
+            tool,
+            machine,
+            wall,
+        }
     }
 }
 
@@ -180,6 +208,8 @@ impl CpuMeter {
 pub struct CpuUse {
     pub server: Option<f64>,
     pub tool: Option<f64>,
+    /// Busy CPU seconds of the whole machine, everything included.
+    pub machine: Option<f64>,
     pub wall: f64,
 }
 
@@ -193,7 +223,14 @@ impl CpuUse {
             "server_cores": cores(self.server),
             "tool_cpu_s": self.tool.map(round3),
             "tool_cores": cores(self.tool),
+            "machine_busy_cores": cores(self.machine),
+            "other_cores": cores(self.other()),
         })
+    }
+
+    /// Busy CPU seconds of everything but the server and this tool (other processes).
+    pub fn other(&self) -> Option<f64> {
+        Some((self.machine? - self.server.unwrap_or(0.0) - self.tool?).max(0.0))
     }
 
     /// One line for the human table.
@@ -203,9 +240,10 @@ impl CpuUse {
             None => "n/a".to_owned(),
         };
         format!(
-            "server {}   tool {}   over {:.2} s",
+            "server {}   tool {}   other processes {}   over {:.2} s",
             show(self.server),
             show(self.tool),
+            show(self.other()),
             self.wall
         )
     }

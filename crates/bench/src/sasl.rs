@@ -207,15 +207,16 @@ async fn salted_password(
     .expect("PBKDF2 task does not panic");
     cache.computed.fetch_add(1, Ordering::Relaxed);
     if let Some(file) = cache.file.lock().expect("cache lock").as_mut() {
-        // Losing a cache line only costs a derivation next time.
-        let _ = writeln!(
-            file,
-            "{}\t{}\t{}\t{iterations}\t{}",
+        // One write per line: `--procs` workers append to the same file, and O_APPEND
+        // keeps single writes whole. Losing a line only costs a derivation next time.
+        let line = format!(
+            "{}\t{}\t{}\t{iterations}\t{}\n",
             hash.tag(),
             B64.encode(&key.1),
             B64.encode(&key.2),
             B64.encode(salted.as_slice())
         );
+        let _ = file.write_all(line.as_bytes());
     }
     cache
         .entries
@@ -293,7 +294,11 @@ impl Scram {
         let client_key = self.hash.hmac(&salted, b"Client Key");
         let stored_key = self.hash.digest(&client_key);
         let signature = self.hash.hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         let server_key = self.hash.hmac(&salted, b"Server Key");
         self.server_signature = Some(self.hash.hmac(&server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())

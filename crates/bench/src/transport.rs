@@ -173,7 +173,10 @@ pub fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
                 }
                 out.extend((from..=to).map(|ip| IpAddr::V4(Ipv4Addr::from(ip))));
             }
-            None => out.push(item.parse().with_context(|| format!("bad address {item}"))?),
+            None => out.push(
+                item.parse()
+                    .with_context(|| format!("bad address {item}"))?,
+            ),
         }
     }
     if out.is_empty() {
@@ -190,7 +193,16 @@ mod tests {
     fn sources() {
         let got = parse_sources("127.0.0.254-127.0.1.1, ::1").expect("valid");
         let text: Vec<String> = got.iter().map(ToString::to_string).collect();
-        assert_eq!(text, ["127.0.0.254", "127.0.0.255", "127.0.1.0", "127.0.1.1", "::1"]);
+        assert_eq!(
+            text,
+            [
+                "127.0.0.254",
+                "127.0.0.255",
+                "127.0.1.0",
+                "127.0.1.1",
+                "::1"
+            ]
+        );
         assert!(parse_sources("127.0.0.2-127.0.0.1").is_err());
         assert!(parse_sources("").is_err());
     }

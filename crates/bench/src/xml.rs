@@ -194,7 +194,9 @@ pub fn attr<'a>(element: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let end = start_tag_end(element)?;
     let mut tag = &element[1 + tag_name(element).len()..end];
     loop {
-        let start = tag.iter().position(|b| !b.is_ascii_whitespace() && *b != b'/')?;
+        let start = tag
+            .iter()
+            .position(|b| !b.is_ascii_whitespace() && *b != b'/')?;
         tag = &tag[start..];
         let eq = find_byte(tag, b'=')?;
         let key = tag[..eq].trim_ascii();
@@ -250,7 +252,10 @@ pub fn first_child_name(element: &[u8]) -> Option<String> {
     loop {
         let at = from + find_byte(&element[from..], b'<')?;
         let rest = &element[at..];
-        if rest.get(1).is_some_and(|b| *b != b'/' && *b != b'!' && *b != b'?') {
+        if rest
+            .get(1)
+            .is_some_and(|b| *b != b'/' && *b != b'!' && *b != b'?')
+        {
             let name = local_name(tag_name(rest));
             if name != b"text" {
                 return Some(String::from_utf8_lossy(name).into_owned());

@@ -9,6 +9,8 @@ use confab_sessions::{Mailbox, Resource, SessionCommand};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
+use governor::clock::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,6 +124,8 @@ async fn drive(
     let mut input = BytesMut::new();
     let mut mailbox: Option<Mailbox> = None;
     let mut resource: Option<Arc<Resource>> = None;
+    // Set while the connection is over its read budget; reads resume when it fires.
+    let mut paused: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let pre_auth_deadline = tokio::time::sleep(limits.pre_auth_timeout);
     tokio::pin!(pre_auth_deadline);
     // Disabled idle timeout = a deadline that never fires in practice.
@@ -171,7 +175,10 @@ async fn drive(
                 }
                 flush(conn, session).await?;
             }
-            read = conn.read(&mut input) => {
+            _ = wait_paused(&mut paused), if paused.is_some() => {
+                paused = None;
+            }
+            read = conn.read(&mut input), if paused.is_none() => {
                 let n = read?;
                 if n == 0 {
                     return Ok(());
@@ -179,9 +186,14 @@ async fn drive(
                 if limits.idle_timeout.is_some() {
                     idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle_period);
                 }
-                // Per-connection byte rate (a flood waits here instead of costing CPU).
-                if let Some(n) = NonZeroU32::new(n as u32) {
-                    let _ = limiter.until_n_ready(n).await;
+                // Per-connection byte rate: bytes over budget pause further reads (a flood
+                // waits in the kernel's buffer instead of costing CPU), while the mailbox
+                // keeps draining so traffic *to* this client never stalls behind its sends.
+                if let Some(n) = NonZeroU32::new(n as u32)
+                    && let Ok(Err(not_until)) = limiter.check_n(n)
+                {
+                    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                    paused = Some(Box::pin(tokio::time::sleep(wait)));
                 }
                 let action = session.receive(&mut input).await;
                 if mailbox.is_none() {
@@ -226,6 +238,13 @@ async fn flush(conn: &mut Conn, session: &mut Session) -> std::io::Result<()> {
         *output = BytesMut::new();
     }
     result
+}
+
+async fn wait_paused(paused: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match paused {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn kicked(resource: Option<&Resource>) -> (StreamErrorCondition, &'static str) {

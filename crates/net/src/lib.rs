@@ -11,4 +11,4 @@ mod connection;
 mod listener;
 pub mod tls;
 
-pub use listener::{C2sListener, ListenerConfig};
+pub use listener::{C2sListener, ListenerConfig, bind};

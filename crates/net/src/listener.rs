@@ -86,7 +86,12 @@ impl C2sListener {
                     self.router.metrics.connections_refused.inc();
                     tracing::warn!(%error, "out of file descriptors; refusing a connection");
                     drop(reserve.take());
-                    if let Ok((stream, _)) = self.listener.accept().await {
+                    // Only a connection already queued is refused: Linux reports EMFILE even
+                    // with an empty queue, and waiting here would close the next client to
+                    // arrive, however much later. A zero timeout still polls once.
+                    if let Ok(Ok((stream, _))) =
+                        tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
+                    {
                         drop(stream);
                     }
                     reserve = open_reserve();
@@ -119,6 +124,23 @@ impl C2sListener {
         tracker.close();
         tracker.wait().await;
     }
+}
+
+/// Connections the kernel may queue before `accept`. Large, because a login burst (tens of
+/// thousands of clients reconnecting after a restart) otherwise overflows the default of
+/// 128 and every overflowed client waits a full second for its SYN retry.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with a deep accept queue and `SO_REUSEADDR` (so a restart does
+/// not wait for old connections in TIME_WAIT).
+pub fn bind(address: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 fn open_reserve() -> Option<std::fs::File> {

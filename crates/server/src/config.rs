@@ -201,11 +201,13 @@ config_struct! {
         /// Deepest element nesting accepted inside a stanza.
         pub max_depth: usize = 32;
         /// Sustained bytes per second read from one connection; a faster client is slowed
-        /// down, not disconnected.
-        pub read_rate_bytes_per_sec: u32 = 65_536;
+        /// down, not disconnected. Generous enough for a bot or gateway on one stream
+        /// (about 1,000 typical messages a second), small enough that one connection cannot
+        /// monopolise a core.
+        pub read_rate_bytes_per_sec: u32 = 262_144;
         /// Bytes one connection may read in a burst before the sustained rate applies; values
         /// below the size of one socket read are raised to it.
-        pub read_burst_bytes: u32 = 262_144;
+        pub read_burst_bytes: u32 = 1_048_576;
         /// Stanzas queued for delivery to one session; a session whose queue fills up is
         /// disconnected as too slow. Memory is only used as stanzas queue, so a large value
         /// costs nothing for healthy sessions.
