@@ -4,6 +4,7 @@
 //! **Architecture invariant:** this crate does no IO and knows nothing about sockets, TLS,
 //! SQL or tokio. Every other crate may depend on it; it depends on no other Confab crate.
 
+pub mod archive;
 pub mod error;
 pub mod metrics;
 pub mod ns;

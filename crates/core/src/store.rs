@@ -202,6 +202,22 @@ pub trait BlockStore: Send + Sync {
 }
 
 /// Everything the IM core needs from storage, as one object the server wires in.
-pub trait Store: AccountStore + RosterStore + OfflineStore + DocumentStore + BlockStore {}
+pub trait Store:
+    AccountStore
+    + RosterStore
+    + OfflineStore
+    + DocumentStore
+    + BlockStore
+    + crate::archive::ArchiveStore
+{
+}
 
-impl<T: AccountStore + RosterStore + OfflineStore + DocumentStore + BlockStore> Store for T {}
+impl<T> Store for T where
+    T: AccountStore
+        + RosterStore
+        + OfflineStore
+        + DocumentStore
+        + BlockStore
+        + crate::archive::ArchiveStore
+{
+}

@@ -9,6 +9,7 @@ use confab_codec::Limits;
 use confab_core::metrics::Metrics;
 use confab_core::store::Store;
 use confab_core::{BareJid, Element, Stanza, StanzaError, ns};
+use confab_log::{LogConfig, LogModule};
 use confab_modules::{ModuleOptions, default_modules};
 use confab_net::{C2sListener, ListenerConfig};
 use confab_router::Router;
@@ -43,12 +44,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registration_open,
         scram_iterations: config.auth.scram_iterations,
     };
+    let mut modules = default_modules(&options);
+    // The message log commits chat messages at `on_routed`: after blocking, roster and
+    // presence had their say (a blocked message is never archived) and before offline storage,
+    // which then keeps the committed message with its stanza-id.
+    let log_at = modules
+        .iter()
+        .position(|m| m.name() == "offline")
+        .unwrap_or(modules.len());
+    modules.insert(
+        log_at,
+        Arc::new(LogModule::new(store.clone(), LogConfig::default())),
+    );
     let router = Arc::new(Router::new(
         domain.clone(),
         Arc::new(SessionManager::new()),
         store.clone(),
         metrics.clone(),
-        default_modules(&options),
+        modules,
     ));
     let throttle = Arc::new(LoginThrottle::new(ThrottleConfig {
         free_failures: config.auth.throttle_free_failures,
@@ -116,9 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} ({what})"))
+    confab_net::bind(address).with_context(|| format!("cannot listen on {address} ({what})"))
 }
 
 async fn wait_for_signal() {

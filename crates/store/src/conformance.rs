@@ -13,6 +13,7 @@
 //!
 //! Adapter-specific behaviour (files, reopening, several handles) is tested beside the adapter.
 
+use confab_core::archive::{CommitReceipt, NewMessage, new_server_id};
 use confab_core::store::{
     OfflineMessage, RosterItem, Store, StoreError, StoredCredentials, Subscription,
 };
@@ -37,6 +38,12 @@ macro_rules! conformance_tests {
             documents_put_replace_get,
             blocklist_block_unblock,
             concurrent_writes_through_one_handle,
+            archive_sequences_are_gap_free_per_conversation,
+            archive_resend_returns_the_original_receipt,
+            archive_resend_within_one_batch,
+            archive_history_range_and_lookup,
+            archive_purge_keeps_sequences_and_frees_client_ids,
+            archive_concurrent_appends_keep_sequences_gap_free,
         );
         #[tokio::test]
         async fn offline_quota() {
@@ -577,4 +584,311 @@ pub async fn concurrent_writes_through_one_handle(store: &dyn Store) {
         );
     }
     assert_eq!(store.blocklist("alice").await.expect("list").len(), count);
+}
+
+/// A message for the archive from `sender` to `recipient` in the conversation `conversation`,
+/// with a fresh server id and a stamp and body derived from `n`.
+pub fn chat(
+    conversation: &str,
+    sender: &str,
+    recipient: &str,
+    n: i64,
+    client_id: Option<&str>,
+) -> NewMessage {
+    NewMessage {
+        server_id: new_server_id(),
+        conversation: conversation.to_owned(),
+        sender: sender.to_owned(),
+        recipient: recipient.to_owned(),
+        client_id: client_id.map(str::to_owned),
+        stamp_ms: 1_700_000_000_000 + n,
+        xml: format!("<message to='{recipient}'><body>{n}</body></message>"),
+    }
+}
+
+/// The receipt a fresh (not duplicate) message gets at sequence `seq`.
+fn fresh(message: &NewMessage, seq: u64) -> CommitReceipt {
+    CommitReceipt {
+        server_id: message.server_id.clone(),
+        seq,
+        stamp_ms: message.stamp_ms,
+        duplicate: false,
+    }
+}
+
+/// Each conversation numbers its messages 1, 2, 3, … across batches, in batch order, however
+/// the batches mix conversations; messages without a client id are never duplicates.
+pub async fn archive_sequences_are_gap_free_per_conversation(store: &dyn Store) {
+    assert!(store.append(&[]).await.expect("empty batch").is_empty());
+    assert_eq!(store.last_seq("a b").await.expect("last"), 0);
+
+    let first = [
+        chat("a b", "a", "b", 1, None),
+        chat("a c", "a", "c", 2, None),
+        chat("a b", "b", "a", 3, None),
+    ];
+    let receipts = store.append(&first).await.expect("append");
+    assert_eq!(
+        receipts,
+        [
+            fresh(&first[0], 1),
+            fresh(&first[1], 1),
+            fresh(&first[2], 2)
+        ]
+    );
+
+    let second = [
+        chat("a c", "c", "a", 4, None),
+        chat("a b", "a", "b", 5, None),
+        chat("a b", "a", "b", 6, None),
+    ];
+    let receipts = store.append(&second).await.expect("append");
+    assert_eq!(
+        receipts,
+        [
+            fresh(&second[0], 2),
+            fresh(&second[1], 3),
+            fresh(&second[2], 4)
+        ]
+    );
+    assert_eq!(store.last_seq("a b").await.expect("last"), 4);
+    assert_eq!(store.last_seq("a c").await.expect("last"), 2);
+
+    let history = store
+        .history("a b", None, None, 100)
+        .await
+        .expect("history");
+    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    let bodies: Vec<&str> = history.iter().map(|m| m.xml.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [&first[0].xml, &first[2].xml, &second[1].xml, &second[2].xml]
+    );
+}
+
+/// A sender's client id is committed once per conversation: a resend stores nothing and gets
+/// the original receipt back. Another sender, or another conversation, may use the same id.
+pub async fn archive_resend_returns_the_original_receipt(store: &dyn Store) {
+    let original = chat("a b", "a", "b", 1, Some("c1"));
+    let receipts = store
+        .append(std::slice::from_ref(&original))
+        .await
+        .expect("append");
+    assert_eq!(receipts, [fresh(&original, 1)]);
+
+    // Same sender, conversation and client id, different server id, stamp and body.
+    let resend = chat("a b", "a", "b", 2, Some("c1"));
+    let other_sender = chat("a b", "b", "a", 3, Some("c1"));
+    let other_conversation = chat("a c", "a", "c", 4, Some("c1"));
+    let receipts = store
+        .append(&[
+            resend.clone(),
+            other_sender.clone(),
+            other_conversation.clone(),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(
+        receipts,
+        [
+            CommitReceipt {
+                duplicate: true,
+                ..fresh(&original, 1)
+            },
+            fresh(&other_sender, 2),
+            fresh(&other_conversation, 1),
+        ]
+    );
+    assert_eq!(
+        store.message_by_id(&resend.server_id).await.expect("get"),
+        None
+    );
+    let stored = store.history("a b", None, None, 10).await.expect("history");
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].xml, original.xml);
+    assert_eq!(stored[0].client_id.as_deref(), Some("c1"));
+}
+
+/// A resend inside the batch that holds the original is recognised too, and a batch mixing
+/// new messages and resends of stored ones numbers only the new ones.
+pub async fn archive_resend_within_one_batch(store: &dyn Store) {
+    let stored = chat("a b", "a", "b", 1, Some("old"));
+    store
+        .append(std::slice::from_ref(&stored))
+        .await
+        .expect("append");
+
+    let batch = [
+        chat("a b", "a", "b", 2, Some("new")),
+        chat("a b", "a", "b", 3, Some("old")),
+        chat("a b", "a", "b", 4, Some("new")),
+        chat("a b", "a", "b", 5, None),
+        chat("a b", "a", "b", 6, Some("old")),
+    ];
+    let receipts = store.append(&batch).await.expect("append");
+    let duplicate_of = |message: &NewMessage, seq| CommitReceipt {
+        duplicate: true,
+        ..fresh(message, seq)
+    };
+    assert_eq!(
+        receipts,
+        [
+            fresh(&batch[0], 2),
+            duplicate_of(&stored, 1),
+            duplicate_of(&batch[0], 2),
+            fresh(&batch[3], 3),
+            duplicate_of(&stored, 1),
+        ]
+    );
+    assert_eq!(store.last_seq("a b").await.expect("last"), 3);
+    assert_eq!(
+        store
+            .history("a b", None, None, 10)
+            .await
+            .expect("history")
+            .len(),
+        3
+    );
+}
+
+/// History returns the open range `(after, before)`, lowest first, capped at `limit`; a
+/// message is found by server id with every field intact, including non-ASCII XML.
+pub async fn archive_history_range_and_lookup(store: &dyn Store) {
+    let batch: Vec<NewMessage> = (1..=10)
+        .map(|n| chat("a b", "a", "b", n, Some(&format!("c{n}"))))
+        .collect();
+    store.append(&batch).await.expect("append");
+    store
+        .append(&[chat("x y", "x", "y", 99, None)])
+        .await
+        .expect("append");
+
+    let seqs = |messages: Vec<confab_core::archive::ArchivedMessage>| {
+        messages.iter().map(|m| m.seq).collect::<Vec<_>>()
+    };
+    let page = |after, before, limit| store.history("a b", after, before, limit);
+    assert_eq!(seqs(page(None, None, 3).await.expect("h")), [1, 2, 3]);
+    assert_eq!(seqs(page(Some(3), None, 3).await.expect("h")), [4, 5, 6]);
+    assert_eq!(seqs(page(Some(8), None, 5).await.expect("h")), [9, 10]);
+    assert_eq!(seqs(page(None, Some(3), 10).await.expect("h")), [1, 2]);
+    assert_eq!(
+        seqs(page(Some(2), Some(6), 10).await.expect("h")),
+        [3, 4, 5]
+    );
+    assert!(page(Some(10), None, 10).await.expect("h").is_empty());
+    assert!(page(None, None, 0).await.expect("h").is_empty());
+    assert!(
+        store
+            .history("nobody", None, None, 10)
+            .await
+            .expect("h")
+            .is_empty()
+    );
+
+    let special = NewMessage {
+        xml: "<message><body>Grüße, 世界 🦀 \"quoted\" \\ back\nslash</body></message>".into(),
+        ..chat("a b", "b", "a", 11, None)
+    };
+    let receipt = store
+        .append(std::slice::from_ref(&special))
+        .await
+        .expect("append");
+    assert_eq!(receipt, [fresh(&special, 11)]);
+    let found = store
+        .message_by_id(&special.server_id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(
+        found,
+        confab_core::archive::ArchivedMessage {
+            server_id: special.server_id.clone(),
+            conversation: "a b".into(),
+            seq: 11,
+            sender: "b".into(),
+            recipient: "a".into(),
+            client_id: None,
+            stamp_ms: special.stamp_ms,
+            xml: special.xml.clone(),
+        }
+    );
+    assert_eq!(store.message_by_id("no-such-id").await.expect("get"), None);
+}
+
+/// Purging removes old messages and their client ids (a resend after the window is a new
+/// message), keeps newer ones, and never lets a conversation reuse a sequence number.
+pub async fn archive_purge_keeps_sequences_and_frees_client_ids(store: &dyn Store) {
+    let batch: Vec<NewMessage> = (1..=6)
+        .map(|n| chat("a b", "a", "b", n, Some(&format!("c{n}"))))
+        .collect();
+    store.append(&batch).await.expect("append");
+    // Stamps are 1_700_000_000_000 + n: this cuts messages 1 to 3.
+    let purged = store.purge_before(1_700_000_000_004).await.expect("purge");
+    assert_eq!(purged, 3);
+    let left = store.history("a b", None, None, 10).await.expect("history");
+    assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(
+        store.message_by_id(&batch[0].server_id).await.expect("get"),
+        None
+    );
+    assert_eq!(store.last_seq("a b").await.expect("last"), 6);
+
+    let after_window = chat("a b", "a", "b", 100, Some("c1"));
+    let within_window = chat("a b", "a", "b", 101, Some("c5"));
+    let receipts = store
+        .append(&[after_window.clone(), within_window])
+        .await
+        .expect("append");
+    assert_eq!(
+        receipts,
+        [
+            fresh(&after_window, 7),
+            CommitReceipt {
+                duplicate: true,
+                ..fresh(&batch[4], 5)
+            },
+        ]
+    );
+    assert_eq!(store.purge_before(0).await.expect("purge"), 0);
+}
+
+/// Appends racing on one handle still number every conversation 1..=N exactly once.
+pub async fn archive_concurrent_appends_keep_sequences_gap_free(store: &dyn Store) {
+    const WRITERS: i64 = 8;
+    const BATCHES: i64 = 10;
+    const CONVERSATIONS: i64 = 3;
+    let writer = |w: i64| async move {
+        for b in 0..BATCHES {
+            let batch: Vec<NewMessage> = (0..CONVERSATIONS)
+                .map(|c| chat(&format!("c{c}"), "s", "r", w * 1000 + b * 10 + c, None))
+                .collect();
+            store.append(&batch).await.expect("append");
+        }
+    };
+    futures_join_all((0..WRITERS).map(writer)).await;
+    for c in 0..CONVERSATIONS {
+        let conversation = format!("c{c}");
+        let history = store
+            .history(&conversation, None, None, 10_000)
+            .await
+            .expect("history");
+        let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+        let expected: Vec<u64> = (1..=u64::try_from(WRITERS * BATCHES).expect("small")).collect();
+        assert_eq!(seqs, expected, "{conversation}");
+    }
+}
+
+/// Runs futures concurrently on the current task (this module does not depend on `futures`).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    std::future::poll_fn(move |cx| {
+        pending.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }

@@ -1,6 +1,7 @@
 //! Opening the SQLite database and the plumbing shared by every store trait implementation.
 
 mod accounts;
+mod archive;
 mod blocks;
 mod documents;
 mod offline;

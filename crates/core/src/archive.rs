@@ -1,0 +1,153 @@
+//! The message archive port: the durable, ordered log every chat message is committed to
+//! before it is acknowledged or delivered (DESIGN.md, "Delivery model").
+//!
+//! A message belongs to one *conversation* (a pair of accounts today, a group later). At
+//! commit the store gives it the next number of that conversation's gap-free sequence, and
+//! keeps the server id and server time the caller chose. A message carrying a client id
+//! (XEP-0359 `origin-id`, or the stanza `id`) that its sender already used in the same
+//! conversation is not stored again: the store answers with the original receipt, so a
+//! client resending after a lost acknowledgement gets exactly the answer it missed.
+//!
+//! The contract is deliberately SQL-neutral: an adapter needs a transaction, a unique
+//! constraint and a counter per conversation (SQLite: one `BEGIN IMMEDIATE` writer;
+//! PostgreSQL: `INSERT … ON CONFLICT` on a `conversations` row locked `FOR UPDATE`).
+
+use crate::store::StoreResult;
+use async_trait::async_trait;
+use jid::BareJid;
+
+/// A message to commit. The caller chooses the server id and the stamp, because both are
+/// written into the XML the recipient sees (XEP-0359 `<stanza-id/>`) before the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Server-assigned unique id, time-ordered (see [`new_server_id`]). Discarded if the
+    /// message turns out to be a duplicate.
+    pub server_id: String,
+    /// The conversation it belongs to (see [`direct_conversation`]).
+    pub conversation: String,
+    /// The sender's bare JID.
+    pub sender: String,
+    /// The recipient's bare JID.
+    pub recipient: String,
+    /// The id the sending client gave it, if any: what makes a resend recognisable.
+    pub client_id: Option<String>,
+    /// Server time at receipt, in milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// The serialized `<message/>` as delivered; opaque to the store.
+    pub xml: String,
+}
+
+/// What a commit assigned to one message, or, for a duplicate, what it assigned the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitReceipt {
+    /// The server id of the stored message.
+    pub server_id: String,
+    /// Its position in the conversation, starting at 1, without gaps.
+    pub seq: u64,
+    /// Its server time, in milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// True when nothing was stored because the sender had already committed this client id
+    /// in this conversation; the other fields then describe the original.
+    pub duplicate: bool,
+}
+
+/// A stored message, as history reads return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// The server id.
+    pub server_id: String,
+    /// The conversation it belongs to.
+    pub conversation: String,
+    /// Its position in the conversation.
+    pub seq: u64,
+    /// The sender's bare JID.
+    pub sender: String,
+    /// The recipient's bare JID.
+    pub recipient: String,
+    /// The client id it was sent with, if any.
+    pub client_id: Option<String>,
+    /// Server time at receipt, in milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// The serialized `<message/>` as delivered.
+    pub xml: String,
+}
+
+/// The conversation key of two accounts' one-to-one chat, the same whichever of them sends.
+///
+/// Bare JIDs cannot contain a space (RFC 7622 §3.3.1 and §3.2 disallow it in the localpart and
+/// domainpart), so joining the two sorted JIDs with one keeps every pair distinct, and distinct
+/// from the bare JID a group conversation will be keyed by.
+pub fn direct_conversation(a: &BareJid, b: &BareJid) -> String {
+    let (a, b) = (a.as_str(), b.as_str());
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("{low} {high}")
+}
+
+/// A fresh server id: a UUIDv7 (RFC 9562 §5.7) in its hyphenated lowercase form. Ids made by
+/// one process sort in creation order, as text too, which keeps archive indexes append-mostly.
+pub fn new_server_id() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
+}
+
+/// The message archive (see the module documentation).
+#[async_trait]
+pub trait ArchiveStore: Send + Sync {
+    /// Commits a batch atomically, in order, and returns one receipt per message, in the same
+    /// order. Each new message gets its conversation's next sequence number. A message whose
+    /// `(conversation, sender, client_id)` is already stored, or appears earlier in the same
+    /// batch, is not stored: its receipt is the original's, with `duplicate` set. On error
+    /// nothing of the batch was stored.
+    async fn append(&self, batch: &[NewMessage]) -> StoreResult<Vec<CommitReceipt>>;
+
+    /// Up to `limit` messages of a conversation with `after_seq < seq < before_seq` (either
+    /// bound may be absent), lowest sequence first.
+    async fn history(
+        &self,
+        conversation: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ArchivedMessage>>;
+
+    /// The message with this server id, if stored.
+    async fn message_by_id(&self, server_id: &str) -> StoreResult<Option<ArchivedMessage>>;
+
+    /// The highest sequence number a conversation ever assigned (0 for none). Purging does
+    /// not lower it: sequence numbers are never reused.
+    async fn last_seq(&self, conversation: &str) -> StoreResult<u64>;
+
+    /// Deletes messages stamped before `cutoff_ms` and returns how many. Their client ids go
+    /// with them, so the retention window is also the idempotency window.
+    async fn purge_before(&self, cutoff_ms: i64) -> StoreResult<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bare(jid: &str) -> BareJid {
+        BareJid::new(jid).expect("jid")
+    }
+
+    #[test]
+    fn direct_conversation_is_order_independent() {
+        let ab = direct_conversation(&bare("alice@x"), &bare("bob@x"));
+        assert_eq!(ab, "alice@x bob@x");
+        assert_eq!(ab, direct_conversation(&bare("bob@x"), &bare("alice@x")));
+        assert_ne!(ab, direct_conversation(&bare("alice@x"), &bare("carol@x")));
+        assert_eq!(
+            direct_conversation(&bare("alice@x"), &bare("alice@x")),
+            "alice@x alice@x"
+        );
+    }
+
+    #[test]
+    fn server_ids_are_unique_and_sort_in_creation_order() {
+        let ids: Vec<String> = (0..1000).map(|_| new_server_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(ids, sorted);
+        assert_eq!(ids[0].len(), 36);
+    }
+}
