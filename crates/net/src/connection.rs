@@ -6,11 +6,11 @@ use confab_c2s::{Action, C2sConfig, Session};
 use confab_core::StreamErrorCondition;
 use confab_router::Router;
 use confab_sessions::{Mailbox, Resource, SessionCommand};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use governor::clock::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,7 +129,9 @@ async fn drive(
     let pre_auth_deadline = tokio::time::sleep(limits.pre_auth_timeout);
     tokio::pin!(pre_auth_deadline);
     // Disabled idle timeout = a deadline that never fires in practice.
-    let idle_period = limits.idle_timeout.unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+    let idle_period = limits
+        .idle_timeout
+        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
     let idle_deadline = tokio::time::sleep(idle_period);
     tokio::pin!(idle_deadline);
     loop {

@@ -25,7 +25,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let domain = BareJid::new(&config.domain)
         .with_context(|| format!("invalid domain {:?}", config.domain))?;
     let quota = u32::try_from(config.offline.max_messages_per_user).unwrap_or(u32::MAX);
-    let store = confab_store::SqliteStore::open(&config.data_dir).await?.with_offline_quota(quota);
+    let store = confab_store::SqliteStore::open(&config.data_dir)
+        .await?
+        .with_offline_quota(quota);
     let store: Arc<dyn Store> = Arc::new(store);
     let tls = confab_net::tls::server_config(
         config.tls.cert.as_deref(),
@@ -92,7 +94,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ListenerConfig {
             max_connections: config.c2s.max_connections,
             pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
-            idle_timeout: (config.c2s.idle_timeout_secs > 0).then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
+            idle_timeout: (config.c2s.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
             read_rate: config.c2s.read_rate_bytes_per_sec,
             read_burst: config.c2s.read_burst_bytes,
             tls: Some(tls),
