@@ -11,5 +11,7 @@
 //! goes through the router, everything it receives comes from its mailbox.
 
 mod session;
+pub mod sm;
 
 pub use session::{Action, C2sConfig, PreAuthIq, Session};
+pub use sm::{Resumption, Takeover};

@@ -1,5 +1,6 @@
 //! One client stream's protocol state (RFC 6120 §4–§7).
 
+use crate::sm::{self, Handoff, Resumption, SmState, Takeover};
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::BytesMut;
@@ -10,7 +11,8 @@ use confab_core::{
     StanzaParseError, StreamErrorCondition, ns,
 };
 use confab_router::Router;
-use confab_sessions::{Mailbox, Resource, SessionCommand};
+use confab_sessions::{Mailbox, Resource, SessionCommand, Undelivered};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +39,8 @@ pub struct C2sConfig {
     pub pre_auth_iq: Option<Arc<dyn PreAuthIq>>,
     /// Per-IP and per-account login throttling.
     pub throttle: Arc<LoginThrottle>,
+    /// XEP-0198 §5 resumable streams and the resumption window.
+    pub resumption: Arc<Resumption>,
 }
 
 /// Answers IQs an unauthenticated client may send (XEP-0077 in-band registration).
@@ -92,6 +96,8 @@ pub struct Session {
     username: Option<String>,
     resource: Option<Arc<Resource>>,
     mailbox: Option<Mailbox>,
+    /// XEP-0198 state, only once enabled (an idle session without it stays small).
+    sm: Option<Box<SmState>>,
 }
 
 impl Session {
@@ -113,6 +119,7 @@ impl Session {
             username: None,
             resource: None,
             mailbox: None,
+            sm: None,
         }
     }
 
@@ -177,14 +184,64 @@ impl Session {
         self.restart_stream();
     }
 
-    /// Writes a stanza from the mailbox to the client.
-    pub fn deliver(&mut self, command: SessionCommand) {
+    /// Writes a stanza from the mailbox to the client. `Close` when the client let more
+    /// stanzas than the mailbox holds go unacknowledged (XEP-0198 §4): the unacked queue is
+    /// bounded like the mailbox, and the stream ends with `policy-violation`.
+    pub fn deliver(&mut self, command: SessionCommand) -> Action {
         match command {
             SessionCommand::Deliver(stanza) => {
                 self.router.metrics.stanza_out(stanza.kind);
-                encode::element(&mut self.output, &stanza.element);
+                self.write_stanza(stanza)
             }
         }
+    }
+
+    /// The driver's handle on this stream's XEP-0198 resumption, once resumption is enabled:
+    /// it resolves when another connection resumes the stream (§5), and the driver then
+    /// closes this connection; [`Session::disconnected`] hands the state over.
+    pub fn takeover(&self) -> Option<Takeover> {
+        self.sm.as_ref().and_then(|sm| sm.takeover.clone())
+    }
+
+    /// When the driver should call [`Session::request_ack`]: stanzas went out
+    /// unacknowledged a while ago (XEP-0198 §4) and no `<r/>` asked for them yet.
+    pub fn ack_request_due(&self) -> Option<Instant> {
+        self.sm.as_ref().and_then(|sm| sm.request_due_at())
+    }
+
+    /// Sends `<r/>` (XEP-0198 §4) if stanzas wait for an acknowledgement.
+    pub fn request_ack(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if let Some(sm) = self.sm.as_mut()
+            && sm.request_due_at().is_some()
+        {
+            sm.requested();
+            encode::element(&mut self.output, &sm::request());
+        }
+    }
+
+    /// Encodes a stanza for the client and, with XEP-0198 enabled, keeps it (moved, not
+    /// copied) until the client acknowledges it (§4).
+    fn write_stanza(&mut self, stanza: Box<Stanza>) -> Action {
+        encode::element(&mut self.output, &stanza.element);
+        let Some(sm) = self.sm.as_mut() else {
+            return Action::Continue;
+        };
+        sm.sent_stanza(stanza);
+        if sm.unacked.len() > self.config.mailbox_capacity.max(1) {
+            self.stream_error(
+                StreamErrorCondition::PolicyViolation,
+                Some("too many unacknowledged stanzas"),
+            );
+            return Action::Close;
+        }
+        if sm.request_due_by_count() {
+            sm.requested();
+            encode::element(&mut self.output, &sm::request());
+        }
+        Action::Continue
     }
 
     /// Closes the stream with an error (RFC 6120 §4.9.1.1), e.g. when kicked or timed out.
@@ -207,20 +264,146 @@ impl Session {
         self.close_stream();
     }
 
-    /// The connection is gone (closed by either side or dropped): unbind and run the
-    /// session-closed hooks so contacts learn the resource went offline.
-    pub async fn disconnected(&mut self) {
+    /// The connection is gone (closed by either side or dropped). `mailbox` is the one the
+    /// driver took with [`Session::take_mailbox`]; `stop` resolves at server shutdown.
+    ///
+    /// - Another connection resumed this stream: the state moves to it (XEP-0198 §5).
+    /// - The connection was lost (neither `</stream:stream>` nor a stream error) with
+    ///   resumption enabled: the resource stays bound but parked for the resumption window;
+    ///   stanzas routed to it queue as unacknowledged, bounded by the mailbox capacity (an
+    ///   overflow, a kick or `stop` ends the session early). This call returns when the
+    ///   stream was resumed elsewhere or the session ended.
+    /// - Otherwise, or when the window passes: unbind, run the session-closed hooks so
+    ///   contacts learn the resource went offline, and hand the messages the client never
+    ///   acknowledged, or never got, to [`Router::undelivered`] (issue 3 item 4). Without
+    ///   XEP-0198 a stanza written to the socket counts as delivered.
+    pub async fn disconnected(&mut self, mailbox: Option<Mailbox>, stop: impl Future<Output = ()>) {
+        // A stream we closed (a stream error) or the client closed (`</stream:stream>`,
+        // §7 of XEP-0198: that ends the session) is not resumable.
+        let lost = self.phase != Phase::Closed;
         self.phase = Phase::Closed;
-        if let Some(resource) = self.resource.take() {
-            if self.router.sessions.unbind(&resource) {
-                self.router.session_closed(&resource).await;
-            } else {
-                // Replaced by a newer bind of the same full JID: the hooks ran for the
-                // replacement already; only the sessions gauge must be corrected.
-                self.router.metrics.sessions.dec();
+        let mut mailbox = mailbox.or_else(|| self.mailbox.take());
+        let Some(resource) = self.resource.take() else {
+            return;
+        };
+        let mut state = self.sm.take();
+        if let Some(resumable) = state.take_if(|sm| sm.id.is_some()) {
+            match self.park(resumable, mailbox, lost, &resource, stop).await {
+                None => return,
+                Some((resumable, rest)) => {
+                    state = Some(resumable);
+                    mailbox = rest;
+                }
             }
         }
-        self.mailbox = None;
+        self.end_session(&resource, state, mailbox).await;
+    }
+
+    /// Keeps a resumable stream bound while its connection is gone (XEP-0198 §5). `None`
+    /// when the state went to a resuming connection; otherwise the state to end with.
+    async fn park(
+        &mut self,
+        mut state: Box<SmState>,
+        mut mailbox: Option<Mailbox>,
+        lost: bool,
+        resource: &Arc<Resource>,
+        stop: impl Future<Output = ()>,
+    ) -> Option<(Box<SmState>, Option<Mailbox>)> {
+        let (Some(id), Some(takeover)) = (state.id.clone(), state.takeover.clone()) else {
+            return Some((state, mailbox));
+        };
+        let registry = self.config.resumption.clone();
+        let window = std::time::Duration::from_secs(state.max_secs.into());
+        let deadline = tokio::time::sleep(window);
+        tokio::pin!(deadline);
+        tokio::pin!(stop);
+        let limit = self.config.mailbox_capacity.max(1);
+        let mut parked = lost;
+        if lost {
+            tracing::debug!(jid = %resource.jid, "connection lost; session parked for resumption");
+        }
+        loop {
+            if !parked {
+                // Ending: unless a resume is waiting for this stream (then it gets it).
+                let Some(entry) = registry.finish(&id) else {
+                    return Some((state, mailbox));
+                };
+                match entry.hand_over(Handoff { sm: state, mailbox }) {
+                    Ok(()) => return None,
+                    Err(back) => {
+                        state = back.sm;
+                        mailbox = back.mailbox;
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => parked = false,
+                () = takeover.requested() => {
+                    match takeover.0.hand_over(Handoff { sm: state, mailbox }) {
+                        Ok(()) => return None,
+                        Err(back) => {
+                            state = back.sm;
+                            mailbox = back.mailbox;
+                        }
+                    }
+                }
+                _ = resource.kicked() => parked = false,
+                command = next_command(mailbox.as_mut()) => match command {
+                    Some(SessionCommand::Deliver(stanza)) => {
+                        state.unacked.push_back((stanza, confab_sessions::next_session_id()));
+                        // Bounded like a live mailbox: a parked session that fills up ends.
+                        if state.unacked.len() > limit {
+                            parked = false;
+                        }
+                    }
+                    None => parked = false,
+                },
+                () = &mut deadline => parked = false,
+            }
+        }
+    }
+
+    /// Ends the session for good (see [`Session::disconnected`]).
+    async fn end_session(
+        &mut self,
+        resource: &Arc<Resource>,
+        state: Option<Box<SmState>>,
+        mailbox: Option<Mailbox>,
+    ) {
+        if self.router.sessions.unbind(resource) {
+            self.router.session_closed(resource).await;
+        } else {
+            // Replaced by a newer bind of the same full JID: the hooks ran for the
+            // replacement already; only the sessions gauge must be corrected.
+            self.router.metrics.sessions.dec();
+        }
+        let mut undelivered: Vec<Undelivered> = state
+            .map(|sm| {
+                sm.unacked
+                    .into_iter()
+                    .map(|(stanza, bound_before)| Undelivered {
+                        stanza: *stanza,
+                        bound_before,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(mut mailbox) = mailbox {
+            // Unbound: nothing new arrives; what is queued was never written.
+            mailbox.receiver.close();
+            let bound_before = confab_sessions::next_session_id();
+            while let Ok(SessionCommand::Deliver(stanza)) = mailbox.receiver.try_recv() {
+                undelivered.push(Undelivered {
+                    stanza: *stanza,
+                    bound_before,
+                });
+            }
+        }
+        if !undelivered.is_empty() {
+            self.router.undelivered(resource, undelivered).await;
+        }
     }
 
     fn close_stream(&mut self) {
@@ -289,6 +472,8 @@ impl Session {
             let mut session = Element::bare("session", ns::SESSION);
             session.append_child(Element::bare("optional", ns::SESSION));
             features.append_child(session);
+            // XEP-0198 §2: stream management, after authentication.
+            features.append_child(Element::bare("sm", sm::NS));
             for feature in self.router.stream_features() {
                 features.append_child(feature);
             }
@@ -331,14 +516,195 @@ impl Session {
     }
 
     async fn element(&mut self, element: Element) -> Action {
+        if matches!(self.phase, Phase::Authenticated | Phase::Bound) && element.ns() == sm::NS {
+            return self.sm_element(&element).await;
+        }
         match self.phase {
             Phase::AwaitingHeader | Phase::Closed => Action::Close,
             Phase::Unauthenticated | Phase::Authenticating => {
                 self.negotiation_element(element).await
             }
             Phase::Authenticated => self.pre_bind_element(element).await,
-            Phase::Bound => self.stanza(element).await,
+            Phase::Bound => {
+                let action = self.stanza(element).await;
+                // XEP-0198 §4: h counts stanzas handled. Stanzas are processed one at a
+                // time and `router.inbound` returns only after a message was committed
+                // (the log commits at on_routed before delivery), so counting here never
+                // acknowledges anything that is not durable.
+                if let Some(sm) = self.sm.as_mut() {
+                    sm.inbound = sm.inbound.wrapping_add(1);
+                }
+                action
+            }
         }
+    }
+
+    /// XEP-0198 nonzas (`urn:xmpp:sm:3`) after authentication.
+    async fn sm_element(&mut self, element: &Element) -> Action {
+        match element.name() {
+            "enable" => self.sm_enable(element),
+            "resume" => self.sm_resume(element).await,
+            // §4: answer a request with the count of stanzas handled.
+            "r" => match self.sm.as_ref() {
+                Some(sm) => {
+                    encode::element(&mut self.output, &sm::answer(sm.inbound));
+                    Action::Continue
+                }
+                None => self.sm_not_enabled(),
+            },
+            "a" => {
+                let h = element.attr("h").and_then(|h| h.parse::<u32>().ok());
+                let Some(sm) = self.sm.as_mut() else {
+                    return self.sm_not_enabled();
+                };
+                let Some(h) = h else {
+                    self.stream_error(StreamErrorCondition::BadFormat, Some("<a/> needs h"));
+                    return Action::Close;
+                };
+                sm.request_outstanding = false;
+                match sm.ack(h) {
+                    Ok(()) => Action::Continue,
+                    Err(send_count) => self.handled_count_too_high(h, send_count),
+                }
+            }
+            _ => {
+                // §3 ("resume" before bind included): anything else is a client error.
+                encode::element(&mut self.output, &sm::failed("unexpected-request"));
+                Action::Continue
+            }
+        }
+    }
+
+    /// `<r/>` or `<a/>` on a stream without stream management: not a known element here.
+    fn sm_not_enabled(&mut self) -> Action {
+        self.stream_error(
+            StreamErrorCondition::UnsupportedStanzaType,
+            Some("stream management is not enabled"),
+        );
+        Action::Close
+    }
+
+    /// XEP-0198 §4: the client acknowledged more stanzas than were sent.
+    fn handled_count_too_high(&mut self, h: u32, send_count: u32) -> Action {
+        if self.phase == Phase::Closed {
+            return Action::Close;
+        }
+        let mut error = StreamErrorCondition::UndefinedCondition
+            .to_element(Some("acknowledged more stanzas than were sent"));
+        error.append_child(confab_core::stanza::element(
+            "handled-count-too-high",
+            sm::NS,
+            &[
+                ("h", &h.to_string()),
+                ("send-count", &send_count.to_string()),
+            ],
+        ));
+        encode::element(&mut self.output, &error);
+        self.close_stream();
+        Action::Close
+    }
+
+    /// XEP-0198 §3: `<enable/>` after resource binding, once per stream.
+    fn sm_enable(&mut self, element: &Element) -> Action {
+        let (Phase::Bound, None, Some(resource), Some(username)) = (
+            self.phase,
+            self.sm.as_ref(),
+            self.resource.clone(),
+            self.username.clone(),
+        ) else {
+            encode::element(&mut self.output, &sm::failed("unexpected-request"));
+            return Action::Continue;
+        };
+        let window = u32::try_from(self.config.resumption.timeout.as_secs()).unwrap_or(u32::MAX);
+        // §5: the client's 'max' is a preference; the server's window is the ceiling.
+        let max = element
+            .attr("max")
+            .and_then(|m| m.parse::<u32>().ok())
+            .filter(|m| *m > 0)
+            .map_or(window, |m| m.min(window));
+        let resume = matches!(element.attr("resume"), Some("true" | "1")) && max > 0;
+        let mut state = SmState::new(None, max);
+        let enabled = if resume {
+            let id = resumption_id();
+            state.takeover = Some(
+                self.config
+                    .resumption
+                    .register(id.clone(), username, resource),
+            );
+            let max = max.to_string();
+            let enabled = confab_core::stanza::element(
+                "enabled",
+                sm::NS,
+                &[("id", &id), ("resume", "true"), ("max", &max)],
+            );
+            state.id = Some(id);
+            enabled
+        } else {
+            Element::bare("enabled", sm::NS)
+        };
+        encode::element(&mut self.output, &enabled);
+        self.sm = Some(Box::new(state));
+        Action::Continue
+    }
+
+    /// XEP-0198 §5: `<resume previd='…' h='…'/>` instead of binding a resource.
+    async fn sm_resume(&mut self, element: &Element) -> Action {
+        let request = (
+            self.phase,
+            self.username.clone(),
+            element.attr("previd"),
+            element.attr("h").and_then(|h| h.parse::<u32>().ok()),
+        );
+        let (Phase::Authenticated, Some(username), Some(previd), Some(h)) = request else {
+            let condition = if self.phase == Phase::Authenticated {
+                "bad-request"
+            } else {
+                "unexpected-request"
+            };
+            encode::element(&mut self.output, &sm::failed(condition));
+            return Action::Continue;
+        };
+        // An id of another account is as unknown as one that expired.
+        let Some((entry, receiver)) = self.config.resumption.request(previd, &username) else {
+            encode::element(&mut self.output, &sm::failed("item-not-found"));
+            return Action::Continue;
+        };
+        let Ok(Ok(Handoff { mut sm, mailbox })) =
+            tokio::time::timeout(sm::TAKEOVER_WAIT, receiver).await
+        else {
+            encode::element(&mut self.output, &sm::failed("item-not-found"));
+            return Action::Continue;
+        };
+        let previd = previd.to_owned();
+        let acked = sm.ack(h);
+        let inbound = sm.inbound;
+        self.resource = Some(entry.resource.clone());
+        self.mailbox = mailbox;
+        self.phase = Phase::Bound;
+        self.sm = Some(sm);
+        if let Err(send_count) = acked {
+            return self.handled_count_too_high(h, send_count);
+        }
+        encode::element(
+            &mut self.output,
+            &confab_core::stanza::element(
+                "resumed",
+                sm::NS,
+                &[("previd", &previd), ("h", &inbound.to_string())],
+            ),
+        );
+        // §5: everything the client did not acknowledge is sent again, in order.
+        if let Some(sm) = self.sm.as_mut() {
+            for (stanza, _) in &sm.unacked {
+                encode::element(&mut self.output, &stanza.element);
+            }
+            if !sm.unacked.is_empty() {
+                sm.requested();
+                encode::element(&mut self.output, &sm::request());
+            }
+        }
+        tracing::debug!(jid = %entry.resource.jid, "stream resumed");
+        Action::Continue
     }
 
     async fn negotiation_element(&mut self, element: Element) -> Action {
@@ -697,7 +1063,8 @@ impl Session {
             stanza.set_to(Some(Jid::from(resource.jid.clone())));
         }
         self.router.metrics.stanza_out(stanza.kind);
-        encode::element(&mut self.output, &stanza.element);
+        // A Close here (too many unacknowledged) is seen by `receive` as the closed phase.
+        let _ = self.write_stanza(Box::new(stanza));
     }
 }
 
@@ -728,6 +1095,22 @@ fn decode_sasl_payload(element: &Element) -> Option<Vec<u8>> {
     match element.text().trim() {
         "" | "=" => Some(Vec::new()),
         text => base64::engine::general_purpose::STANDARD.decode(text).ok(),
+    }
+}
+
+/// A XEP-0198 resumption id: 144 random bits, so it cannot be guessed (§5 asks for an
+/// unpredictable id; it is also bound to the account that created it).
+fn resumption_id() -> String {
+    use rand::Rng;
+    let mut bytes = [0u8; 18];
+    rand::rng().fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn next_command(mailbox: Option<&mut Mailbox>) -> Option<SessionCommand> {
+    match mailbox {
+        Some(mailbox) => mailbox.receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

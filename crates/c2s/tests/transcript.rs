@@ -5,7 +5,7 @@
 use base64::Engine;
 use bytes::BytesMut;
 use confab_auth::LoginThrottle;
-use confab_c2s::{Action, C2sConfig, Session};
+use confab_c2s::{Action, C2sConfig, Resumption, Session};
 use confab_codec::Limits;
 use confab_core::BareJid;
 use confab_core::metrics::Metrics;
@@ -15,6 +15,7 @@ use confab_router::Router;
 use confab_sessions::SessionManager;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
 
@@ -45,6 +46,7 @@ async fn session(peer: &str, tls_available: bool) -> Session {
         registration_open: false,
         pre_auth_iq: None,
         throttle: Arc::new(LoginThrottle::default()),
+        resumption: Arc::new(Resumption::new(Duration::from_secs(300))),
     });
     Session::new(router, config, peer.parse::<SocketAddr>().unwrap())
 }

@@ -72,6 +72,128 @@ pub struct ArchivedMessage {
     pub xml: String,
 }
 
+/// Most messages one archive query returns, whatever the caller asks for.
+pub const MAX_QUERY_LIMIT: u32 = 250;
+
+/// Messages an archive query returns when the caller names no limit.
+pub const DEFAULT_QUERY_LIMIT: u32 = 50;
+
+/// Which way a query pages through an owner's archive, in server id order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Page {
+    /// The first `limit` matches with a server id above `after` (from the start without one):
+    /// XEP-0059 `<after/>`, or no cursor at all.
+    #[default]
+    Forward,
+    /// The last `limit` matches with a server id below `before` (up to the end without one):
+    /// XEP-0059 `<before/>`, and `<before/>` without a value for the last page.
+    Backward,
+}
+
+/// A query over one owner's archive: the one-to-one messages the owner sent or received
+/// (XEP-0313 user archive). Every filter narrows the result; the cursors are server ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArchiveQuery {
+    /// The owner's bare JID: only messages it sent or received are seen.
+    pub owner: String,
+    /// Only the conversation with this bare JID (XEP-0313 §4.1.1 `with`). A full JID is the
+    /// caller's to reduce to its bare JID: Confab archives bare JIDs only.
+    pub with: Option<String>,
+    /// Only messages stamped at or after this time (ms since the epoch; §4.1.2 `start`).
+    pub start_ms: Option<i64>,
+    /// Only messages stamped at or before this time (ms since the epoch; §4.1.2 `end`).
+    pub end_ms: Option<i64>,
+    /// Only messages with a server id above this one. Must name a message of the owner's
+    /// archive, else the query fails with [`StoreError::NotFound`](crate::store::StoreError).
+    pub after_id: Option<String>,
+    /// Only messages with a server id below this one; same rule as `after_id`.
+    pub before_id: Option<String>,
+    /// Only messages with these server ids (XEP-0313 `ids` field); `None` for no such filter.
+    pub ids: Option<Vec<String>>,
+    /// Which end of the matching range the page is taken from.
+    pub page: Page,
+    /// Most messages returned; capped at [`MAX_QUERY_LIMIT`]. Zero returns no messages,
+    /// which with `count` asks only for the size of the result set (XEP-0059 §2.5).
+    pub limit: u32,
+    /// Whether to count every match, ignoring the cursors and the limit.
+    pub count: bool,
+    /// Messages whose other party is one of these bare JIDs are not seen (preferences).
+    pub exclude: Vec<String>,
+    /// When set, only messages whose other party is one of these bare JIDs are seen
+    /// (preferences with a default of `never` or `roster`).
+    pub only: Option<Vec<String>>,
+}
+
+/// One page of an [`ArchiveQuery`]: matching messages in ascending server id order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArchivePage {
+    /// The messages, lowest server id first, whichever way the query paged.
+    pub messages: Vec<ArchivedMessage>,
+    /// True when no further match lies beyond this page in the paging direction (after the
+    /// last message going forward, before the first going backward): XEP-0313 `complete`.
+    pub complete: bool,
+    /// The number of matches ignoring cursors and limit, when the query asked for it.
+    pub count: Option<u64>,
+}
+
+impl ArchivePage {
+    /// The server id of the first message of the page (XEP-0059 `<first/>`).
+    pub fn first_id(&self) -> Option<&str> {
+        self.messages.first().map(|m| m.server_id.as_str())
+    }
+
+    /// The server id of the last message of the page (XEP-0059 `<last/>`).
+    pub fn last_id(&self) -> Option<&str> {
+        self.messages.last().map(|m| m.server_id.as_str())
+    }
+}
+
+/// XEP-0313 §6 default archiving preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchiveDefault {
+    /// Every conversation is in the archive view.
+    #[default]
+    Always,
+    /// Only conversations with JIDs in `always`.
+    Never,
+    /// Conversations with roster contacts, plus `always`.
+    Roster,
+}
+
+impl ArchiveDefault {
+    /// The attribute value of `<prefs default='…'/>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Never => "never",
+            Self::Roster => "roster",
+        }
+    }
+
+    /// Parses the attribute value of `<prefs default='…'/>`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "always" => Some(Self::Always),
+            "never" => Some(Self::Never),
+            "roster" => Some(Self::Roster),
+            _ => None,
+        }
+    }
+}
+
+/// A user's archiving preferences (XEP-0313 §6). Confab commits every message for delivery
+/// whatever they say (DESIGN.md, "Delivery model"); they govern what the user's own archive
+/// queries return, at query time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArchivePrefs {
+    /// What happens to conversations with JIDs in neither list.
+    pub default: ArchiveDefault,
+    /// Bare JIDs whose conversations are always shown, sorted.
+    pub always: Vec<String>,
+    /// Bare JIDs whose conversations are never shown, sorted; wins over `always`.
+    pub never: Vec<String>,
+}
+
 /// The conversation key of two accounts' one-to-one chat, the same whichever of them sends.
 ///
 /// Bare JIDs cannot contain a space (RFC 7622 §3.3.1 and §3.2 disallow it in the localpart and
@@ -119,6 +241,19 @@ pub trait ArchiveStore: Send + Sync {
     /// Deletes messages stamped before `cutoff_ms` and returns how many. Their client ids go
     /// with them, so the retention window is also the idempotency window.
     async fn purge_before(&self, cutoff_ms: i64) -> StoreResult<u64>;
+
+    /// One page of an owner's archive (see [`ArchiveQuery`]): the one-to-one messages the
+    /// owner sent or received that pass every filter, ordered by server id. Server ids are
+    /// UUIDv7, so this is the order of arrival at the server. `NotFound` when `after_id` or
+    /// `before_id` names no message of the owner's archive (purged, foreign or made up).
+    async fn query_archive(&self, query: &ArchiveQuery) -> StoreResult<ArchivePage>;
+
+    /// The owner's archiving preferences; the defaults (`always`, empty lists) if never set.
+    async fn archive_prefs(&self, owner: &str) -> StoreResult<ArchivePrefs>;
+
+    /// Replaces the owner's archiving preferences. A JID in both lists is kept in `never`
+    /// only; the stored lists are sorted and free of repeats.
+    async fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> StoreResult<()>;
 }
 
 #[cfg(test)]

@@ -201,6 +201,63 @@ pub trait BlockStore: Send + Sync {
     async fn unblock(&self, username: &str, jids: &[String]) -> StoreResult<()>;
 }
 
+/// Per-conversation read positions (XEP-0333 displayed markers, stored server-side so every
+/// device agrees). `owner` is the reader's bare JID; `conversation` is an archive conversation
+/// key (see [`crate::archive::direct_conversation`]); positions are archive sequence numbers.
+#[async_trait]
+pub trait ReadStateStore: Send + Sync {
+    /// Moves the owner's read position in a conversation to `seq` if that is further than the
+    /// stored one (positions never move back) and returns the position now stored.
+    async fn mark_read(&self, owner: &str, conversation: &str, seq: u64) -> StoreResult<u64>;
+    /// The owner's read position in a conversation; 0 when nothing was read yet.
+    async fn read_position(&self, owner: &str, conversation: &str) -> StoreResult<u64>;
+    /// Every stored read position of the owner as `(conversation, seq)`, sorted by conversation.
+    async fn read_positions(&self, owner: &str) -> StoreResult<Vec<(String, u64)>>;
+    /// Unread messages of the owner in a conversation: archived messages with a sequence above
+    /// the owner's read position whose sender is not the owner.
+    async fn unread_count(&self, owner: &str, conversation: &str) -> StoreResult<u64>;
+    /// The sequence of the archived message `sender` committed in `conversation` under the
+    /// client id `client_id` (XEP-0359 origin-id or stanza id), if stored. Markers name
+    /// messages by the id the clients know, which is not always the server id.
+    async fn seq_by_client_id(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_id: &str,
+    ) -> StoreResult<Option<u64>>;
+}
+
+/// An IM token's record: who it authenticates and for how long. The token itself is never
+/// stored, only its SHA-256 (DESIGN.md, "Security posture").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The account's bare JID.
+    pub owner: String,
+    /// The full JID of the session the token was issued to.
+    pub full_jid: String,
+    /// That session's id: together with `full_jid` it names the session, so a session that
+    /// replaced another one under the same full JID does not lose its tokens when the old
+    /// one's close is processed.
+    pub session: u64,
+    /// Issue time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Expiry, milliseconds since the Unix epoch.
+    pub expires_ms: i64,
+}
+
+/// IM tokens (`urn:confab:token:0`) bound to a live session, keyed by SHA-256 of the token.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Stores a token hash; `Conflict` if that hash exists already.
+    async fn put_token(&self, hash: &[u8; 32], info: &TokenInfo) -> StoreResult<()>;
+    /// The record of a token hash, expired or not (the caller checks `expires_ms`).
+    async fn token_owner(&self, hash: &[u8; 32]) -> StoreResult<Option<TokenInfo>>;
+    /// Deletes every token of one session; returns how many.
+    async fn revoke_for_session(&self, full_jid: &str, session: u64) -> StoreResult<u64>;
+    /// Deletes every token; returns how many. Called at start-up, when no session survives.
+    async fn revoke_all(&self) -> StoreResult<u64>;
+}
+
 /// Everything the IM core needs from storage, as one object the server wires in.
 pub trait Store:
     AccountStore
@@ -208,6 +265,8 @@ pub trait Store:
     + OfflineStore
     + DocumentStore
     + BlockStore
+    + ReadStateStore
+    + TokenStore
     + crate::archive::ArchiveStore
 {
 }
@@ -218,6 +277,8 @@ impl<T> Store for T where
         + OfflineStore
         + DocumentStore
         + BlockStore
+        + ReadStateStore
+        + TokenStore
         + crate::archive::ArchiveStore
 {
 }

@@ -8,6 +8,8 @@
 //! rest of the server (metrics, health, later the stores) arrives in [`HttpState`], wired by
 //! the binary.
 
+pub mod api;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub struct HttpState {
     /// Whether the server can do its job (listeners up, storage reachable); `/healthz`
     /// answers 503 while it returns false so a load balancer stops sending traffic.
     pub health: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The client API (`/api/v1`); absent in tests that only need health and metrics.
+    pub api: Option<api::ApiState>,
 }
 
 impl HttpState {
@@ -39,6 +43,7 @@ impl HttpState {
         Self {
             metrics,
             health: Arc::new(|| true),
+            api: None,
         }
     }
 
@@ -74,6 +79,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/history", get(api::history))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

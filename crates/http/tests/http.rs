@@ -62,9 +62,15 @@ impl Server {
 
     /// Sends one request and reads the whole response (the request asks to close).
     async fn request(&self, method: &str, path: &str) -> Reply {
+        self.request_with(method, path, "").await
+    }
+
+    /// Like `request`, with extra raw header lines (each ending in `\r\n`).
+    async fn request_with(&self, method: &str, path: &str, headers: &str) -> Reply {
         let mut stream = TcpStream::connect(self.addr).await.expect("connect");
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut raw = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
@@ -194,4 +200,147 @@ async fn head_is_answered_without_body() {
     assert_eq!(reply.status, 200);
     assert!(reply.body.is_empty());
     server.stop().await.expect("clean shutdown");
+}
+
+/// A token verifier that knows one token, for alice.
+struct OneToken;
+
+#[async_trait::async_trait]
+impl confab_http::api::TokenVerifier for OneToken {
+    async fn verify(&self, token: &str) -> Option<confab_core::BareJid> {
+        (token == "good-token").then(|| confab_core::BareJid::new("alice@localhost").expect("jid"))
+    }
+}
+
+/// State with the client API over an in-memory store holding `count` messages between
+/// alice and bob (seq 1..=count).
+async fn api_state(count: u64) -> HttpState {
+    use confab_core::archive::{ArchiveStore, NewMessage, direct_conversation, new_server_id};
+    let store = confab_store::SqliteStore::open_in_memory()
+        .await
+        .expect("store");
+    let alice = confab_core::BareJid::new("alice@localhost").expect("jid");
+    let bob = confab_core::BareJid::new("bob@localhost").expect("jid");
+    let conversation = direct_conversation(&alice, &bob);
+    let batch: Vec<NewMessage> = (1..=count)
+        .map(|n| NewMessage {
+            server_id: new_server_id(),
+            conversation: conversation.clone(),
+            sender: if n % 2 == 0 {
+                "bob@localhost"
+            } else {
+                "alice@localhost"
+            }
+            .into(),
+            recipient: if n % 2 == 0 {
+                "alice@localhost"
+            } else {
+                "bob@localhost"
+            }
+            .into(),
+            client_id: Some(format!("c{n}")),
+            stamp_ms: 1_700_000_000_000 + n as i64,
+            xml: format!("<message xmlns='jabber:client'><body>m{n}</body></message>"),
+        })
+        .collect();
+    store.append(&batch).await.expect("append");
+    let mut state = state();
+    state.api = Some(confab_http::api::ApiState {
+        store: Arc::new(store),
+        tokens: Arc::new(OneToken),
+    });
+    state
+}
+
+fn seqs(reply: &Reply) -> Vec<u64> {
+    reply.json()["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+#[tokio::test]
+async fn history_requires_a_valid_bearer_token() {
+    let server = Server::start(api_state(3).await).await;
+    let reply = server
+        .request("GET", "/api/v1/history?with=bob@localhost")
+        .await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["error"], "unauthorized");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"confab\"")
+    );
+    let reply = server
+        .request_with(
+            "GET",
+            "/api/v1/history?with=bob@localhost",
+            "Authorization: Bearer bad\r\n",
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn history_rejects_bad_queries_with_json_errors() {
+    let server = Server::start(api_state(3).await).await;
+    let auth = "Authorization: Bearer good-token\r\n";
+    for path in [
+        "/api/v1/history",
+        "/api/v1/history?with=a@b@c",
+        "/api/v1/history?with=bob@localhost&limit=0",
+        "/api/v1/history?with=bob@localhost&limit=100000",
+        "/api/v1/history?with=bob@localhost&after_seq=x",
+        "/api/v1/history?with=bob@localhost&bogus=1",
+    ] {
+        let reply = server.request_with("GET", path, auth).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+        assert_eq!(reply.json()["error"], "bad_request", "{path}");
+        assert!(
+            !reply.json()["message"].as_str().unwrap_or("").is_empty(),
+            "{path}"
+        );
+    }
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn history_pages_latest_backward_and_forward() {
+    let server = Server::start(api_state(10).await).await;
+    let auth = "Authorization: Bearer good-token\r\n";
+    let latest = server
+        .request_with("GET", "/api/v1/history?with=bob@localhost&limit=3", auth)
+        .await;
+    assert_eq!(latest.status, 200, "{}", latest.body);
+    assert_eq!(latest.json()["last_seq"], 10);
+    assert_eq!(seqs(&latest), vec![8, 9, 10]);
+    let message = &latest.json()["messages"][2];
+    assert_eq!(message["from"], "bob@localhost");
+    assert!(message["xml"].as_str().expect("xml").contains("m10"));
+
+    let before = server
+        .request_with(
+            "GET",
+            "/api/v1/history?with=bob@localhost&limit=3&before_seq=8",
+            auth,
+        )
+        .await;
+    assert_eq!(seqs(&before), vec![5, 6, 7]);
+    let after = server
+        .request_with(
+            "GET",
+            "/api/v1/history?with=bob@localhost&limit=4&after_seq=7",
+            auth,
+        )
+        .await;
+    assert_eq!(seqs(&after), vec![8, 9, 10]);
+    // Another conversation of the caller is empty, not someone else's.
+    let other = server
+        .request_with("GET", "/api/v1/history?with=carol@localhost", auth)
+        .await;
+    assert_eq!(seqs(&other), Vec::<u64>::new());
+    server.stop().await.expect("stop");
 }

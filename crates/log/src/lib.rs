@@ -13,15 +13,18 @@
 //! ```
 //!
 //! [`MessageLog`] is the batching writer (group commit); [`LogModule`] is the router hook;
+//! [`MamModule`] answers XEP-0313 queries over what the log committed;
 //! [`receipt`] is the wire format of Confab's commit receipt (`urn:confab:ack:0`, specified
 //! in `docs/protocol/confab-ack.md`) and of the XEP-0359 ids it relies on.
 //!
 //! **Architecture invariant:** reaches storage only through `confab_core::archive` and other
 //! sessions only through the router; it knows no SQL and no socket.
 
+pub mod mam;
 mod module;
 pub mod receipt;
 mod writer;
 
+pub use mam::MamModule;
 pub use module::LogModule;
 pub use writer::{LogConfig, LogStats, MessageLog};

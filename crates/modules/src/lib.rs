@@ -5,13 +5,16 @@
 //! traits and sessions only through the router, never through a socket.
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
+pub mod markers;
 pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
 pub mod register;
 pub mod roster;
+pub mod token;
 pub mod vcard;
 pub mod version;
 
@@ -30,7 +33,8 @@ pub struct ModuleOptions {
 }
 
 /// The IM core's features, in hook order: blocking filters before anything else sees a
-/// stanza; roster and presence before offline storage decides a message is undeliverable.
+/// stanza; roster and presence before offline storage decides a message is undeliverable;
+/// carbons after everything that may still drop a message.
 pub fn default_modules(options: &ModuleOptions) -> Vec<Arc<dyn Module>> {
     vec![
         Arc::new(blocking::Blocking::new()),
@@ -46,6 +50,13 @@ pub fn default_modules(options: &ModuleOptions) -> Vec<Arc<dyn Module>> {
             options.registration_open,
             options.scram_iterations,
         )),
+        // Read state records markers at `on_inbound`, on the sender's path.
+        Arc::new(markers::ReadState::new()),
+        // Carbons copy at `on_routed` and must run after the message log (which the server
+        // inserts before offline storage), so copies carry the stanza-id and resends the log
+        // swallows are not copied; last, so nothing after it drops a copied message.
+        Arc::new(carbons::Carbons::new()),
+        Arc::new(token::ImToken::default()),
     ]
 }
 

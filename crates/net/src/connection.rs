@@ -2,7 +2,7 @@
 //! timeouts and shutdown.
 
 use bytes::BytesMut;
-use confab_c2s::{Action, C2sConfig, Session};
+use confab_c2s::{Action, C2sConfig, Session, Takeover};
 use confab_core::StreamErrorCondition;
 use confab_router::Router;
 use confab_sessions::{Mailbox, Resource, SessionCommand};
@@ -98,12 +98,16 @@ pub(crate) async fn serve(
     router.metrics.connections.inc();
     let mut session = Session::new(router.clone(), c2s, peer);
     let mut conn = Conn::Plain(stream);
-    if let Err(error) = drive(&mut conn, &mut session, &limits, &shutdown).await {
+    let mut mailbox = None;
+    if let Err(error) = drive(&mut conn, &mut session, &mut mailbox, &limits, &shutdown).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
-    session.disconnected().await;
     conn.shutdown().await;
+    drop(conn);
     router.metrics.connections.dec();
+    // A resumable stream (XEP-0198 §5) stays parked in here, without its socket, until it
+    // is resumed, its window passes or the server shuts down.
+    session.disconnected(mailbox, shutdown.cancelled()).await;
 }
 
 fn limiter(limits: &ConnectionLimits) -> DefaultDirectRateLimiter {
@@ -117,13 +121,14 @@ fn limiter(limits: &ConnectionLimits) -> DefaultDirectRateLimiter {
 async fn drive(
     conn: &mut Conn,
     session: &mut Session,
+    mailbox: &mut Option<Mailbox>,
     limits: &ConnectionLimits,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let limiter = limiter(limits);
     let mut input = BytesMut::new();
-    let mut mailbox: Option<Mailbox> = None;
     let mut resource: Option<Arc<Resource>> = None;
+    let mut takeover: Option<Takeover> = None;
     // Set while the connection is over its read budget; reads resume when it fires.
     let mut paused: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let pre_auth_deadline = tokio::time::sleep(limits.pre_auth_timeout);
@@ -135,6 +140,7 @@ async fn drive(
     let idle_deadline = tokio::time::sleep(idle_period);
     tokio::pin!(idle_deadline);
     loop {
+        let ack_due = session.ack_request_due();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -154,6 +160,13 @@ async fn drive(
                 flush(conn, session).await?;
                 return Ok(());
             }
+            () = taken_over(takeover.as_ref()) => {
+                // XEP-0198 §5: another connection resumed this stream; this one closes and
+                // `Session::disconnected` hands the state over.
+                session.stream_error(StreamErrorCondition::Conflict, Some("the stream was resumed on another connection"));
+                flush(conn, session).await?;
+                return Ok(());
+            }
             _ = &mut pre_auth_deadline, if !session.is_authenticated() => {
                 session.stream_error(StreamErrorCondition::ConnectionTimeout, Some("authentication took too long"));
                 flush(conn, session).await?;
@@ -166,15 +179,26 @@ async fn drive(
             }
             command = next_command(mailbox.as_mut()) => {
                 let Some(command) = command else { return Ok(()) };
-                session.deliver(command);
+                let mut action = session.deliver(command);
                 if let Some(mailbox) = mailbox.as_mut() {
                     for _ in 1..DELIVERY_BATCH {
+                        if action != Action::Continue {
+                            break;
+                        }
                         match mailbox.receiver.try_recv() {
-                            Ok(command) => session.deliver(command),
+                            Ok(command) => action = session.deliver(command),
                             Err(_) => break,
                         }
                     }
                 }
+                flush(conn, session).await?;
+                if action != Action::Continue {
+                    return Ok(());
+                }
+            }
+            () = sleep_until(ack_due), if ack_due.is_some() => {
+                // XEP-0198 §4: stanzas waited long enough for an ack; ask for one.
+                session.request_ack();
                 flush(conn, session).await?;
             }
             _ = wait_paused(&mut paused), if paused.is_some() => {
@@ -199,8 +223,11 @@ async fn drive(
                 }
                 let action = session.receive(&mut input).await;
                 if mailbox.is_none() {
-                    mailbox = session.take_mailbox();
+                    *mailbox = session.take_mailbox();
                     resource = session.resource().cloned();
+                }
+                if takeover.is_none() {
+                    takeover = session.takeover();
                 }
                 flush(conn, session).await?;
                 match action {
@@ -252,6 +279,20 @@ async fn wait_paused(paused: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
 async fn kicked(resource: Option<&Resource>) -> (StreamErrorCondition, &'static str) {
     match resource {
         Some(resource) => resource.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn taken_over(takeover: Option<&Takeover>) {
+    match takeover {
+        Some(takeover) => takeover.requested().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
         None => std::future::pending().await,
     }
 }

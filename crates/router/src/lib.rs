@@ -21,7 +21,7 @@ use confab_core::store::Store;
 use confab_core::{
     BareJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind, metrics::Metrics,
 };
-use confab_sessions::{Resource, SessionManager};
+use confab_sessions::{Resource, SessionManager, Undelivered};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -356,6 +356,60 @@ impl Router {
         self.metrics.sessions.dec();
         for module in &self.modules {
             module.on_session_closed(self, resource).await;
+        }
+    }
+
+    /// Messages a session that ended for good never confirmed (issue 3 item 4: they stay
+    /// retrievable and reach the account's devices, never twice the same one). Runs the
+    /// `on_undelivered` hooks, then redelivers what no module took to the account, like a
+    /// message to a resource that is gone (RFC 6121 §8.5.3.2.1):
+    ///
+    /// - only `chat`/`normal` messages are kept (presence and IQs are not replayed, nor are
+    ///   headlines such as commit receipts, errors or group chat);
+    /// - the `on_routed` hooks do not run again: blocking was applied and the message log
+    ///   committed the message (its `<stanza-id/>` is in the stanza) on the first routing, so
+    ///   the log neither archives it twice nor swallows it as a resend;
+    /// - it goes to the most available other resources; for a message addressed to the bare
+    ///   JID only to those bound after it reached the dead session (the others that were
+    ///   most available then had their own copy);
+    /// - with no such resource it goes to `on_offline_message` (offline storage, delivered at
+    ///   the next login). It is never bounced: the sender already holds a commit receipt.
+    pub async fn undelivered(&self, resource: &Arc<Resource>, mut stanzas: Vec<Undelivered>) {
+        stanzas.retain(|u| {
+            u.stanza.kind == StanzaKind::Message
+                && matches!(u.stanza.type_attr(), None | Some("chat" | "normal"))
+        });
+        for module in &self.modules {
+            if stanzas.is_empty() {
+                return;
+            }
+            module.on_undelivered(self, resource, &mut stanzas).await;
+        }
+        let bare = resource.jid.to_bare();
+        for Undelivered {
+            stanza,
+            bound_before,
+        } in stanzas
+        {
+            let to_bare = stanza.to.as_ref().is_some_and(|to| to.resource().is_none());
+            let targets: Vec<Arc<Resource>> = self
+                .sessions
+                .most_available(&bare)
+                .into_iter()
+                .filter(|r| r.id != resource.id && (!to_bare || r.id >= bound_before))
+                .collect();
+            let mut delivered = false;
+            for target in &targets {
+                delivered |= self.send_and_notify(target, stanza.clone()).await;
+            }
+            if delivered {
+                continue;
+            }
+            for module in &self.modules {
+                if let Flow::Handled = module.on_offline_message(self, &stanza).await {
+                    break;
+                }
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 use crate::Router;
 use async_trait::async_trait;
 use confab_core::{Element, Stanza, StanzaError};
-use confab_sessions::Resource;
+use confab_sessions::{Resource, Undelivered};
 use std::sync::Arc;
 
 /// What a hook decided.
@@ -110,4 +110,16 @@ pub trait Module: Send + Sync + 'static {
 
     /// A resource's broadcast presence changed (available, away, unavailable).
     async fn on_presence_changed(&self, _router: &Router, _resource: &Arc<Resource>) {}
+
+    /// A session ended for good (no XEP-0198 §5 resumption) holding messages the client
+    /// never acknowledged (XEP-0198 §4) or that were still queued for it. Runs after
+    /// `on_session_closed`. A module that takes care of some of them removes those from
+    /// `stanzas`; the router redelivers what is left (see [`Router::undelivered`]).
+    async fn on_undelivered(
+        &self,
+        _router: &Router,
+        _resource: &Arc<Resource>,
+        _stanzas: &mut Vec<Undelivered>,
+    ) {
+    }
 }

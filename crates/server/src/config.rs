@@ -177,6 +177,8 @@ config_struct! {
             pub auth: AuthConfig;
             /// Storage of messages for users who are offline (XEP-0160).
             pub offline: OfflineConfig;
+            /// The message archive every chat message is committed to (and XEP-0313 reads).
+            pub archive: ArchiveConfig;
             /// Logging.
             pub log: LogConfig;
         }
@@ -215,6 +217,11 @@ config_struct! {
         /// Seconds without any traffic after which a connection is closed; 0 never closes
         /// one. Keeping an idle connection alive (whitespace pings) is the client's job.
         pub idle_timeout_secs: u64 = 0;
+        /// Seconds a client's session stays bound after its connection is lost, when the
+        /// client enabled resumption (XEP-0198 stream management): stanzas to it queue and a
+        /// reconnecting client resumes without losing any. This is the 'max' announced to
+        /// clients; 0 disables resumption.
+        pub resume_timeout_secs: u64 = 300;
     }
 }
 
@@ -262,6 +269,16 @@ config_struct! {
         /// Messages kept for one offline user; further messages are bounced with an error
         /// to their sender.
         pub max_messages_per_user: usize = 1000;
+    }
+}
+
+config_struct! {
+    /// The message archive.
+    pub struct ArchiveConfig {
+        /// Days a message is kept in the archive, counted from its arrival; older messages
+        /// are purged hourly. This is also how long a client's resend is recognised as one.
+        /// 0 keeps messages for ever.
+        pub retention_days: u32 = 0;
     }
 }
 

@@ -4,12 +4,12 @@ use crate::config::{Config, Registration};
 use anyhow::Context;
 use async_trait::async_trait;
 use confab_auth::{LoginThrottle, ThrottleConfig};
-use confab_c2s::{C2sConfig, PreAuthIq};
+use confab_c2s::{C2sConfig, PreAuthIq, Resumption};
 use confab_codec::Limits;
 use confab_core::metrics::Metrics;
 use confab_core::store::Store;
 use confab_core::{BareJid, Element, Stanza, StanzaError, ns};
-use confab_log::{LogConfig, LogModule};
+use confab_log::{LogConfig, LogModule, MamModule};
 use confab_modules::{ModuleOptions, default_modules};
 use confab_net::{C2sListener, ListenerConfig};
 use confab_router::Router;
@@ -29,6 +29,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await?
         .with_offline_quota(quota);
     let store: Arc<dyn Store> = Arc::new(store);
+    // IM tokens live as long as their session, and no session survives a restart.
+    let revoked = store
+        .revoke_all()
+        .await
+        .context("revoking IM tokens of the previous run")?;
+    if revoked > 0 {
+        tracing::info!(revoked, "revoked IM tokens left by the previous run");
+    }
     let tls = confab_net::tls::server_config(
         config.tls.cert.as_deref(),
         config.tls.key.as_deref(),
@@ -56,8 +64,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or(modules.len());
     modules.insert(
         log_at,
-        Arc::new(LogModule::new(store.clone(), LogConfig::default())),
+        Arc::new(LogModule::new(store.clone(), log_config(&config.archive))),
     );
+    // XEP-0313 queries over what the log committed; an IQ handler only, so its place in the
+    // hook order does not matter.
+    modules.insert(log_at + 1, Arc::new(MamModule::new()));
     let router = Arc::new(Router::new(
         domain.clone(),
         Arc::new(SessionManager::new()),
@@ -86,6 +97,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             iterations: config.auth.scram_iterations,
         })),
         throttle,
+        resumption: Arc::new(Resumption::new(Duration::from_secs(
+            config.c2s.resume_timeout_secs,
+        ))),
     });
     let listener = C2sListener::new(
         c2s_socket,
@@ -112,10 +126,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("confab: http listening on {}", http_socket.local_addr()?);
 
     let shutdown = CancellationToken::new();
-    let http_state = confab_http::HttpState {
-        metrics: metrics.clone(),
-        health: Arc::new(|| true),
-    };
+    let mut http_state = confab_http::HttpState::new(metrics.clone());
+    http_state.api = Some(confab_http::api::ApiState {
+        store: store.clone(),
+        tokens: Arc::new(StoreTokens(store.clone())),
+    });
     let http = tokio::spawn(confab_http::serve(
         http_socket,
         http_state,
@@ -181,5 +196,41 @@ impl PreAuthIq for InBandRegistration {
             query,
         )
         .await
+    }
+}
+
+/// The message log's settings from the `[archive]` section: `retention_days = 0` keeps
+/// messages for ever, otherwise the log's purge task deletes older ones.
+fn log_config(archive: &crate::config::ArchiveConfig) -> LogConfig {
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+    LogConfig {
+        retention: (archive.retention_days > 0).then(|| DAY * archive.retention_days),
+        ..LogConfig::default()
+    }
+}
+
+/// IM tokens as the HTTP API checks them: the token module's verification over the store.
+struct StoreTokens(Arc<dyn Store>);
+
+#[async_trait]
+impl confab_http::api::TokenVerifier for StoreTokens {
+    async fn verify(&self, token: &str) -> Option<BareJid> {
+        let info = confab_modules::token::verify_token(self.0.as_ref(), token).await?;
+        BareJid::new(&info.owner).ok()
+    }
+}
+
+#[cfg(test)]
+mod archive_wiring_tests {
+    use super::*;
+    use crate::config::ArchiveConfig;
+
+    #[test]
+    fn retention_days_become_the_log_retention() {
+        let forever = log_config(&ArchiveConfig::default());
+        assert_eq!(forever.retention, None);
+        let month = log_config(&ArchiveConfig { retention_days: 30 });
+        assert_eq!(month.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(month.max_batch, LogConfig::default().max_batch);
     }
 }

@@ -78,6 +78,25 @@ pub struct Mailbox {
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The id the next bound session will get. Every session bound so far has a smaller id, so
+/// a value taken when a stanza is written tells which sessions existed at that moment.
+pub fn next_session_id() -> SessionId {
+    NEXT_SESSION_ID.load(Ordering::Relaxed)
+}
+
+/// A stanza a session took but whose delivery the client never confirmed (XEP-0198 §4), or
+/// that was still in its mailbox when the session ended for good.
+#[derive(Debug, Clone)]
+pub struct Undelivered {
+    /// The stanza as it was posted to the session (a committed message keeps its
+    /// XEP-0359 `<stanza-id/>`).
+    pub stanza: Stanza,
+    /// [`next_session_id`] when the stanza reached the session: sessions with a smaller id
+    /// were bound then, so those of them that were most available already got their own copy
+    /// of a message addressed to the bare JID.
+    pub bound_before: SessionId,
+}
+
 impl Resource {
     /// Creates a resource and its mailbox of `capacity` stanzas.
     pub fn new(jid: FullJid, capacity: usize) -> (Arc<Self>, Mailbox) {

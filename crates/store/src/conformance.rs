@@ -13,9 +13,12 @@
 //!
 //! Adapter-specific behaviour (files, reopening, several handles) is tested beside the adapter.
 
-use confab_core::archive::{CommitReceipt, NewMessage, new_server_id};
+use confab_core::archive::{
+    ArchiveDefault, ArchivePage, ArchivePrefs, ArchiveQuery, CommitReceipt, NewMessage, Page,
+    new_server_id,
+};
 use confab_core::store::{
-    OfflineMessage, RosterItem, Store, StoreError, StoredCredentials, Subscription,
+    OfflineMessage, RosterItem, Store, StoreError, StoredCredentials, Subscription, TokenInfo,
 };
 
 /// Generates one `#[tokio::test]` per conformance function. `$make` is an expression whose
@@ -44,6 +47,13 @@ macro_rules! conformance_tests {
             archive_history_range_and_lookup,
             archive_purge_keeps_sequences_and_frees_client_ids,
             archive_concurrent_appends_keep_sequences_gap_free,
+            archive_query_pages_forward_and_backward,
+            archive_query_filters_by_with_time_ids_and_prefs,
+            archive_query_is_per_owner_and_cursors_must_be_its_own,
+            archive_prefs_round_trip_and_go_with_the_account,
+            read_state_moves_forward_only,
+            read_state_unread_count_and_client_id_lookup,
+            tokens_put_lookup_and_revoke,
         );
         #[tokio::test]
         async fn offline_quota() {
@@ -189,9 +199,26 @@ pub async fn account_delete_cascades(store: &dyn Store) {
             .block(name, &["spam@x".to_owned()])
             .await
             .expect("block");
+        let owner = format!("{name}@x");
+        store.mark_read(&owner, "conv", 5).await.expect("read");
+        let token = TokenInfo {
+            owner: owner.clone(),
+            full_jid: format!("{owner}/r"),
+            session: u64::from(seed),
+            created_ms: 1,
+            expires_ms: i64::MAX,
+        };
+        store.put_token(&[seed; 32], &token).await.expect("token");
     }
 
     store.delete_account("alice").await.expect("delete");
+    assert_eq!(
+        store.read_position("alice@x", "conv").await.expect("read"),
+        0
+    );
+    assert_eq!(store.token_owner(&[1; 32]).await.expect("token"), None);
+    assert_eq!(store.read_position("bob@x", "conv").await.expect("read"), 5);
+    assert!(store.token_owner(&[2; 32]).await.expect("token").is_some());
 
     assert!(!store.account_exists("alice").await.expect("exists"));
     assert_eq!(store.credentials("alice").await.expect("credentials"), None);
@@ -879,6 +906,374 @@ pub async fn archive_concurrent_appends_keep_sequences_gap_free(store: &dyn Stor
     }
 }
 
+/// Appends one direct message per `(sender, recipient)` pair, in order, stamped
+/// `1_700_000_000_000 + index`, and returns their server ids (ascending, as created).
+async fn direct_messages(store: &dyn Store, pairs: &[(&str, &str)]) -> Vec<String> {
+    let batch: Vec<NewMessage> = pairs
+        .iter()
+        .enumerate()
+        .map(|(n, (sender, recipient))| {
+            // The key `direct_conversation` makes, without parsing JIDs here.
+            let (low, high) = if sender <= recipient {
+                (sender, recipient)
+            } else {
+                (recipient, sender)
+            };
+            let conversation = format!("{low} {high}");
+            chat(&conversation, sender, recipient, n as i64, None)
+        })
+        .collect();
+    store.append(&batch).await.expect("append");
+    batch.into_iter().map(|m| m.server_id).collect()
+}
+
+/// The server ids of a page.
+fn ids_of(page: &ArchivePage) -> Vec<String> {
+    page.messages.iter().map(|m| m.server_id.clone()).collect()
+}
+
+/// A query over `owner`'s archive returning up to `limit` messages.
+fn query(owner: &str, limit: u32) -> ArchiveQuery {
+    ArchiveQuery {
+        owner: owner.to_owned(),
+        limit,
+        ..ArchiveQuery::default()
+    }
+}
+
+/// RSM paging over an owner's archive: forward from the start with `after`, backward from
+/// the end with `before`, `complete` exactly on the page holding the last (first) match, and
+/// the count ignoring cursors.
+pub async fn archive_query_pages_forward_and_backward(store: &dyn Store) {
+    let a = "a@x";
+    // Seven messages in a's archive (sent and received, with two contacts, one to itself)
+    // interleaved with two foreign ones.
+    let ids = direct_messages(
+        store,
+        &[
+            (a, "b@x"),
+            ("b@x", a),
+            ("c@x", "d@x"),
+            (a, "c@x"),
+            (a, a),
+            ("c@x", a),
+            ("d@x", "b@x"),
+            ("b@x", a),
+            (a, "b@x"),
+        ],
+    )
+    .await;
+    let mine: Vec<String> = [0, 1, 3, 4, 5, 7, 8]
+        .iter()
+        .map(|&i| ids[i].clone())
+        .collect();
+
+    let all = store.query_archive(&query(a, 50)).await.expect("query");
+    assert_eq!(ids_of(&all), mine);
+    assert!(all.complete);
+    assert_eq!(all.count, None);
+    assert_eq!(all.first_id(), Some(mine[0].as_str()));
+    assert_eq!(all.last_id(), Some(mine[6].as_str()));
+
+    // Forward, three at a time.
+    let mut forward = query(a, 3);
+    forward.count = true;
+    let first = store.query_archive(&forward).await.expect("query");
+    assert_eq!(ids_of(&first), mine[0..3]);
+    assert!(!first.complete);
+    assert_eq!(first.count, Some(7));
+    forward.after_id = first.last_id().map(str::to_owned);
+    let second = store.query_archive(&forward).await.expect("query");
+    assert_eq!(ids_of(&second), mine[3..6]);
+    assert!(!second.complete);
+    assert_eq!(second.count, Some(7), "the count ignores cursors");
+    forward.after_id = second.last_id().map(str::to_owned);
+    let third = store.query_archive(&forward).await.expect("query");
+    assert_eq!(ids_of(&third), mine[6..7]);
+    assert!(third.complete);
+    // Exactly a page left: complete on that page, not one later.
+    let mut exact = query(a, 1);
+    exact.after_id = Some(mine[5].clone());
+    let last = store.query_archive(&exact).await.expect("query");
+    assert_eq!(ids_of(&last), mine[6..7]);
+    assert!(last.complete);
+    exact.after_id = Some(mine[6].clone());
+    let beyond = store.query_archive(&exact).await.expect("query");
+    assert!(beyond.messages.is_empty() && beyond.complete);
+    assert_eq!(beyond.first_id(), None);
+
+    // Backward from the end (`<before/>` without a value), three at a time.
+    let mut backward = ArchiveQuery {
+        page: Page::Backward,
+        ..query(a, 3)
+    };
+    let last_page = store.query_archive(&backward).await.expect("query");
+    assert_eq!(ids_of(&last_page), mine[4..7], "oldest first within a page");
+    assert!(!last_page.complete);
+    backward.before_id = last_page.first_id().map(str::to_owned);
+    let middle = store.query_archive(&backward).await.expect("query");
+    assert_eq!(ids_of(&middle), mine[1..4]);
+    assert!(!middle.complete);
+    backward.before_id = middle.first_id().map(str::to_owned);
+    let start = store.query_archive(&backward).await.expect("query");
+    assert_eq!(ids_of(&start), mine[0..1]);
+    assert!(start.complete);
+
+    // Both cursors: the open range between them, from either end.
+    let mut between = query(a, 2);
+    between.after_id = Some(mine[1].clone());
+    between.before_id = Some(mine[6].clone());
+    let page = store.query_archive(&between).await.expect("query");
+    assert_eq!(ids_of(&page), mine[2..4]);
+    assert!(!page.complete);
+    between.page = Page::Backward;
+    let page = store.query_archive(&between).await.expect("query");
+    assert_eq!(ids_of(&page), mine[4..6]);
+    assert!(!page.complete);
+
+    // A zero limit only counts; the limit is capped.
+    let mut count_only = query(a, 0);
+    count_only.count = true;
+    let counted = store.query_archive(&count_only).await.expect("query");
+    assert!(counted.messages.is_empty());
+    assert!(!counted.complete);
+    assert_eq!(counted.count, Some(7));
+    let huge = store
+        .query_archive(&query(a, u32::MAX))
+        .await
+        .expect("query");
+    assert_eq!(ids_of(&huge), mine);
+    assert!(
+        store
+            .query_archive(&query("nobody@x", 10))
+            .await
+            .expect("query")
+            .complete
+    );
+}
+
+/// `with` narrows to one conversation, `start`/`end` to a closed time range, `ids` to given
+/// messages of the owner's archive; `exclude` and `only` (preferences) hide conversations.
+pub async fn archive_query_filters_by_with_time_ids_and_prefs(store: &dyn Store) {
+    let a = "a@x";
+    let ids = direct_messages(
+        store,
+        &[
+            (a, "b@x"),     // 0
+            ("c@x", a),     // 1
+            ("b@x", a),     // 2
+            (a, a),         // 3
+            (a, "c@x"),     // 4
+            ("b@x", "c@x"), // 5: foreign
+            (a, "b@x"),     // 6
+        ],
+    )
+    .await;
+    let pick = |indexes: &[usize]| indexes.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>();
+    let run = |q: ArchiveQuery| async move { store.query_archive(&q).await.expect("query") };
+
+    let with_b = run(ArchiveQuery {
+        with: Some("b@x".into()),
+        count: true,
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(ids_of(&with_b), pick(&[0, 2, 6]));
+    assert_eq!(with_b.count, Some(3));
+    let with_self = run(ArchiveQuery {
+        with: Some(a.into()),
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(
+        ids_of(&with_self),
+        pick(&[3]),
+        "a note to self appears once"
+    );
+    let with_b_paged = run(ArchiveQuery {
+        with: Some("b@x".into()),
+        after_id: Some(ids[0].clone()),
+        ..query(a, 1)
+    })
+    .await;
+    assert_eq!(ids_of(&with_b_paged), pick(&[2]));
+    assert!(!with_b_paged.complete);
+
+    // Stamps are 1_700_000_000_000 + index; both bounds are inclusive.
+    let base = 1_700_000_000_000;
+    let range = run(ArchiveQuery {
+        start_ms: Some(base + 1),
+        end_ms: Some(base + 4),
+        count: true,
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(ids_of(&range), pick(&[1, 2, 3, 4]));
+    assert_eq!(range.count, Some(4));
+    let since = run(ArchiveQuery {
+        start_ms: Some(base + 4),
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(ids_of(&since), pick(&[4, 6]));
+    let until = run(ArchiveQuery {
+        end_ms: Some(base + 1),
+        page: Page::Backward,
+        ..query(a, 1)
+    })
+    .await;
+    assert_eq!(ids_of(&until), pick(&[1]));
+    assert!(!until.complete);
+
+    // Specific ids: only the owner's, in server id order; unknown ids are skipped.
+    let wanted = vec![
+        ids[6].clone(),
+        ids[5].clone(),
+        "no-such-id".into(),
+        ids[1].clone(),
+    ];
+    let chosen = run(ArchiveQuery {
+        ids: Some(wanted.clone()),
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(ids_of(&chosen), pick(&[1, 6]));
+    assert!(chosen.complete);
+    let chosen_with = run(ArchiveQuery {
+        ids: Some(wanted.clone()),
+        with: Some("c@x".into()),
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(ids_of(&chosen_with), pick(&[1]));
+    let chosen_page = run(ArchiveQuery {
+        ids: Some(wanted),
+        ..query(a, 1)
+    })
+    .await;
+    assert_eq!(ids_of(&chosen_page), pick(&[1]));
+    assert!(!chosen_page.complete);
+
+    // Preference filters apply to the other party of either direction.
+    let without_b = run(ArchiveQuery {
+        exclude: vec!["b@x".into()],
+        count: true,
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(ids_of(&without_b), pick(&[1, 3, 4]));
+    assert_eq!(without_b.count, Some(3));
+    let only_c = run(ArchiveQuery {
+        only: Some(vec!["c@x".into()]),
+        ..query(a, 10)
+    })
+    .await;
+    assert_eq!(ids_of(&only_c), pick(&[1, 4]));
+    let nothing = run(ArchiveQuery {
+        only: Some(Vec::new()),
+        ..query(a, 10)
+    })
+    .await;
+    assert!(nothing.messages.is_empty() && nothing.complete);
+}
+
+/// Nobody sees another owner's messages, and a cursor naming a message outside the owner's
+/// archive (foreign, purged or made up) is `NotFound`.
+pub async fn archive_query_is_per_owner_and_cursors_must_be_its_own(store: &dyn Store) {
+    let ids = direct_messages(store, &[("a@x", "b@x"), ("c@x", "d@x"), ("b@x", "a@x")]).await;
+    let c_view = store.query_archive(&query("c@x", 10)).await.expect("query");
+    assert_eq!(ids_of(&c_view), [ids[1].clone()]);
+    let e_view = store.query_archive(&query("e@x", 10)).await.expect("query");
+    assert!(e_view.messages.is_empty());
+
+    for cursor in [ids[1].clone(), "no-such-id".to_owned()] {
+        let after = store
+            .query_archive(&ArchiveQuery {
+                after_id: Some(cursor.clone()),
+                ..query("a@x", 10)
+            })
+            .await;
+        assert!(matches!(after, Err(StoreError::NotFound)), "{after:?}");
+        let before = store
+            .query_archive(&ArchiveQuery {
+                before_id: Some(cursor),
+                page: Page::Backward,
+                ..query("a@x", 10)
+            })
+            .await;
+        assert!(matches!(before, Err(StoreError::NotFound)), "{before:?}");
+    }
+    // A foreign id asked for by `ids` is simply not there.
+    let foreign = store
+        .query_archive(&ArchiveQuery {
+            ids: Some(vec![ids[1].clone()]),
+            ..query("a@x", 10)
+        })
+        .await
+        .expect("query");
+    assert!(foreign.messages.is_empty());
+
+    store.purge_before(1_700_000_000_001).await.expect("purge");
+    let purged = store
+        .query_archive(&ArchiveQuery {
+            after_id: Some(ids[0].clone()),
+            ..query("a@x", 10)
+        })
+        .await;
+    assert!(matches!(purged, Err(StoreError::NotFound)), "{purged:?}");
+    let left = store.query_archive(&query("a@x", 10)).await.expect("query");
+    assert_eq!(ids_of(&left), [ids[2].clone()]);
+}
+
+/// Preferences default to `always` with empty lists, are replaced whole (sorted, repeats
+/// dropped, `never` winning over `always`), are per owner, and go when the account goes.
+pub async fn archive_prefs_round_trip_and_go_with_the_account(store: &dyn Store) {
+    assert_eq!(
+        store.archive_prefs("alice@x").await.expect("prefs"),
+        ArchivePrefs::default()
+    );
+    let prefs = ArchivePrefs {
+        default: ArchiveDefault::Roster,
+        always: vec!["z@x".into(), "b@x".into(), "b@x".into(), "n@x".into()],
+        never: vec!["n@x".into(), "m@x".into()],
+    };
+    store
+        .set_archive_prefs("alice@x", &prefs)
+        .await
+        .expect("set");
+    let stored = ArchivePrefs {
+        default: ArchiveDefault::Roster,
+        always: vec!["b@x".into(), "z@x".into()],
+        never: vec!["m@x".into(), "n@x".into()],
+    };
+    assert_eq!(store.archive_prefs("alice@x").await.expect("prefs"), stored);
+    let never = ArchivePrefs {
+        default: ArchiveDefault::Never,
+        ..ArchivePrefs::default()
+    };
+    store
+        .set_archive_prefs("alice2@x", &never)
+        .await
+        .expect("set");
+    assert_eq!(store.archive_prefs("alice@x").await.expect("prefs"), stored);
+    assert_eq!(store.archive_prefs("alice2@x").await.expect("prefs"), never);
+
+    store
+        .create_account("alice", &credentials(1))
+        .await
+        .expect("create");
+    store.delete_account("alice").await.expect("delete");
+    assert_eq!(
+        store.archive_prefs("alice@x").await.expect("prefs"),
+        ArchivePrefs::default()
+    );
+    assert_eq!(
+        store.archive_prefs("alice2@x").await.expect("prefs"),
+        never,
+        "another account sharing the prefix keeps its preferences"
+    );
+}
+
 /// Runs futures concurrently on the current task (this module does not depend on `futures`).
 async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
     let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
@@ -891,4 +1286,137 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Ite
         }
     })
     .await;
+}
+
+/// Read positions only move forward, per owner and conversation, and list sorted.
+pub async fn read_state_moves_forward_only(store: &dyn Store) {
+    assert_eq!(store.read_position("a@x", "a@x b@x").await.expect("get"), 0);
+    assert!(store.read_positions("a@x").await.expect("list").is_empty());
+    assert_eq!(store.mark_read("a@x", "a@x b@x", 5).await.expect("mark"), 5);
+    // Backwards is ignored and answered with the position kept.
+    assert_eq!(store.mark_read("a@x", "a@x b@x", 3).await.expect("mark"), 5);
+    assert_eq!(store.read_position("a@x", "a@x b@x").await.expect("get"), 5);
+    assert_eq!(store.mark_read("a@x", "a@x b@x", 9).await.expect("mark"), 9);
+    assert_eq!(store.mark_read("a@x", "a@x c@x", 2).await.expect("mark"), 2);
+    // Another owner of the same conversation has a position of its own.
+    assert_eq!(store.read_position("b@x", "a@x b@x").await.expect("get"), 0);
+    assert_eq!(store.mark_read("b@x", "a@x b@x", 1).await.expect("mark"), 1);
+    assert_eq!(
+        store.read_positions("a@x").await.expect("list"),
+        [("a@x b@x".to_owned(), 9), ("a@x c@x".to_owned(), 2)]
+    );
+    assert_eq!(store.read_position("a@x", "a@x b@x").await.expect("get"), 9);
+}
+
+/// Unread counts the peer's messages above the read position; client ids find sequences.
+pub async fn read_state_unread_count_and_client_id_lookup(store: &dyn Store) {
+    let conv = "a@x b@x";
+    store
+        .append(&[
+            chat(conv, "b@x", "a@x", 1, Some("b1")),
+            chat(conv, "a@x", "b@x", 2, Some("a1")),
+            chat(conv, "b@x", "a@x", 3, Some("b2")),
+            chat(conv, "b@x", "a@x", 4, None),
+            chat("a@x c@x", "c@x", "a@x", 5, Some("b2")),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(store.unread_count("a@x", conv).await.expect("count"), 3);
+    assert_eq!(store.unread_count("b@x", conv).await.expect("count"), 1);
+    assert_eq!(
+        store.unread_count("a@x", "a@x c@x").await.expect("count"),
+        1
+    );
+    assert_eq!(store.unread_count("a@x", "nobody").await.expect("count"), 0);
+    store.mark_read("a@x", conv, 3).await.expect("mark");
+    assert_eq!(store.unread_count("a@x", conv).await.expect("count"), 1);
+    store.mark_read("a@x", conv, 4).await.expect("mark");
+    assert_eq!(store.unread_count("a@x", conv).await.expect("count"), 0);
+    assert_eq!(store.unread_count("b@x", conv).await.expect("count"), 1);
+
+    let lookup = |sender: &'static str, id: &'static str| async move {
+        store
+            .seq_by_client_id(conv, sender, id)
+            .await
+            .expect("lookup")
+    };
+    assert_eq!(lookup("b@x", "b1").await, Some(1));
+    assert_eq!(lookup("b@x", "b2").await, Some(3));
+    assert_eq!(lookup("a@x", "a1").await, Some(2));
+    // Client ids are per sender and per conversation.
+    assert_eq!(lookup("a@x", "b1").await, None);
+    assert_eq!(lookup("b@x", "zz").await, None);
+    assert_eq!(
+        store
+            .seq_by_client_id("a@x c@x", "c@x", "b2")
+            .await
+            .expect("lookup"),
+        Some(1)
+    );
+}
+
+/// Token hashes are unique keys; revocation is per session (not per full JID) or total.
+pub async fn tokens_put_lookup_and_revoke(store: &dyn Store) {
+    let info = |full_jid: &str, session: u64| TokenInfo {
+        owner: "a@x".to_owned(),
+        full_jid: full_jid.to_owned(),
+        session,
+        created_ms: 1_700_000_000_000,
+        expires_ms: 1_700_086_400_000,
+    };
+    let (h1, h2, h3, h4) = ([1u8; 32], [2u8; 32], [3u8; 32], [4u8; 32]);
+    assert_eq!(store.token_owner(&h1).await.expect("get"), None);
+    store
+        .put_token(&h1, &info("a@x/phone", 7))
+        .await
+        .expect("put");
+    store
+        .put_token(&h2, &info("a@x/phone", 7))
+        .await
+        .expect("put");
+    // The same full JID bound again by a later session, and an id beyond i64::MAX.
+    store
+        .put_token(&h3, &info("a@x/phone", 8))
+        .await
+        .expect("put");
+    store
+        .put_token(&h4, &info("a@x/laptop", u64::MAX))
+        .await
+        .expect("put");
+    assert!(matches!(
+        store.put_token(&h1, &info("a@x/laptop", 9)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store.token_owner(&h1).await.expect("get"),
+        Some(info("a@x/phone", 7))
+    );
+    assert_eq!(
+        store.token_owner(&h4).await.expect("get"),
+        Some(info("a@x/laptop", u64::MAX))
+    );
+
+    assert_eq!(
+        store
+            .revoke_for_session("a@x/phone", 7)
+            .await
+            .expect("revoke"),
+        2
+    );
+    assert_eq!(store.token_owner(&h1).await.expect("get"), None);
+    assert_eq!(store.token_owner(&h2).await.expect("get"), None);
+    assert_eq!(
+        store.token_owner(&h3).await.expect("get"),
+        Some(info("a@x/phone", 8))
+    );
+    assert_eq!(
+        store
+            .revoke_for_session("a@x/phone", 7)
+            .await
+            .expect("revoke"),
+        0
+    );
+    assert_eq!(store.revoke_all().await.expect("revoke all"), 2);
+    assert_eq!(store.token_owner(&h3).await.expect("get"), None);
+    assert_eq!(store.token_owner(&h4).await.expect("get"), None);
 }

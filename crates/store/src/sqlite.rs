@@ -5,9 +5,11 @@ mod archive;
 mod blocks;
 mod documents;
 mod offline;
+mod read_state;
 mod roster;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

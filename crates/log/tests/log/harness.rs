@@ -3,15 +3,19 @@
 #![allow(dead_code)]
 
 use async_trait::async_trait;
-use confab_core::archive::{ArchiveStore, ArchivedMessage, CommitReceipt, NewMessage};
+use confab_core::archive::{
+    ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, CommitReceipt,
+    NewMessage,
+};
 use confab_core::metrics::Metrics;
 use confab_core::store::{
-    AccountStore, BlockStore, DocumentStore, OfflineMessage, OfflineStore, RosterItem, RosterStore,
-    Store, StoreError, StoreResult, StoredCredentials,
+    AccountStore, BlockStore, DocumentStore, OfflineMessage, OfflineStore, ReadStateStore,
+    RosterItem, RosterStore, Store, StoreError, StoreResult, StoredCredentials, TokenInfo,
+    TokenStore,
 };
 use confab_core::{BareJid, FullJid, Jid, Stanza};
 use confab_log::receipt::Receipt;
-use confab_log::{LogConfig, LogModule};
+use confab_log::{LogConfig, LogModule, MamModule};
 use confab_modules::{ModuleOptions, default_modules};
 use confab_router::{Module, Router};
 use confab_sessions::{Mailbox, Resource, SessionCommand, SessionManager};
@@ -44,8 +48,8 @@ pub async fn create_users(store: &dyn Store) {
     }
 }
 
-/// A router over `store` with the default modules and the log module inserted before
-/// offline storage, as `confab serve` does.
+/// A router over `store` with the default modules, the log module inserted before offline
+/// storage and the MAM module last, as `confab serve` does.
 pub fn router_over(store: Arc<dyn Store>) -> Arc<Router> {
     let mut modules = default_modules(&ModuleOptions {
         registration_open: false,
@@ -57,6 +61,7 @@ pub fn router_over(store: Arc<dyn Store>) -> Arc<Router> {
         .expect("offline module");
     let log: Arc<dyn Module> = Arc::new(LogModule::new(store.clone(), LogConfig::default()));
     modules.insert(position, log);
+    modules.push(Arc::new(MamModule::new()));
     Arc::new(Router::new(
         BareJid::new("localhost").expect("domain"),
         Arc::new(SessionManager::new()),
@@ -224,6 +229,15 @@ impl ArchiveStore for FlakyStore {
     async fn purge_before(&self, cutoff_ms: i64) -> StoreResult<u64> {
         self.inner.purge_before(cutoff_ms).await
     }
+    async fn query_archive(&self, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
+        self.inner.query_archive(query).await
+    }
+    async fn archive_prefs(&self, owner: &str) -> StoreResult<ArchivePrefs> {
+        self.inner.archive_prefs(owner).await
+    }
+    async fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> StoreResult<()> {
+        self.inner.set_archive_prefs(owner, prefs).await
+    }
 }
 
 #[async_trait]
@@ -294,5 +308,47 @@ impl BlockStore for FlakyStore {
     }
     async fn unblock(&self, username: &str, jids: &[String]) -> StoreResult<()> {
         self.inner.unblock(username, jids).await
+    }
+}
+
+#[async_trait]
+impl ReadStateStore for FlakyStore {
+    async fn mark_read(&self, owner: &str, conversation: &str, seq: u64) -> StoreResult<u64> {
+        self.inner.mark_read(owner, conversation, seq).await
+    }
+    async fn read_position(&self, owner: &str, conversation: &str) -> StoreResult<u64> {
+        self.inner.read_position(owner, conversation).await
+    }
+    async fn read_positions(&self, owner: &str) -> StoreResult<Vec<(String, u64)>> {
+        self.inner.read_positions(owner).await
+    }
+    async fn unread_count(&self, owner: &str, conversation: &str) -> StoreResult<u64> {
+        self.inner.unread_count(owner, conversation).await
+    }
+    async fn seq_by_client_id(
+        &self,
+        conversation: &str,
+        sender: &str,
+        client_id: &str,
+    ) -> StoreResult<Option<u64>> {
+        self.inner
+            .seq_by_client_id(conversation, sender, client_id)
+            .await
+    }
+}
+
+#[async_trait]
+impl TokenStore for FlakyStore {
+    async fn put_token(&self, hash: &[u8; 32], info: &TokenInfo) -> StoreResult<()> {
+        self.inner.put_token(hash, info).await
+    }
+    async fn token_owner(&self, hash: &[u8; 32]) -> StoreResult<Option<TokenInfo>> {
+        self.inner.token_owner(hash).await
+    }
+    async fn revoke_for_session(&self, full_jid: &str, session: u64) -> StoreResult<u64> {
+        self.inner.revoke_for_session(full_jid, session).await
+    }
+    async fn revoke_all(&self) -> StoreResult<u64> {
+        self.inner.revoke_all().await
     }
 }

@@ -6,4 +6,5 @@
 mod delivery;
 mod harness;
 mod idempotency;
+mod mam;
 mod writer;

@@ -267,6 +267,16 @@ impl Server {
         http_get(self.http, path).await
     }
 
+    /// `GET path` on the HTTP listener with `Authorization: Bearer token`.
+    pub async fn http_get_bearer(&self, path: &str, token: &str) -> HttpResponse {
+        http_get_with(
+            self.http,
+            path,
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+        .await
+    }
+
     /// The body of `GET /metrics`.
     pub async fn metrics(&self) -> String {
         let response = self.http_get("/metrics").await;
@@ -816,12 +826,19 @@ pub struct HttpResponse {
 
 /// `GET path` over HTTP/1.1 with `Connection: close`; the whole exchange within [`STEP`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    http_get_with(addr, path, "").await
+}
+
+/// Like [`http_get`] with extra raw header lines, each ending in `\r\n`.
+pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> HttpResponse {
     tokio::time::timeout(STEP, async {
         let mut stream = TcpStream::connect(addr).await?;
         stream
             .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await?;
         let mut raw = Vec::new();

@@ -87,3 +87,60 @@ async fn metrics_follow_sessions_stanzas_and_auth_failures() {
     bob.expect_closed().await;
     wait_for_metric(&server, "confab_sessions", |v| v == 1.0).await;
 }
+
+/// The IM token (issue 3 item 7) fetched over XMPP authenticates the HTTP history API, and
+/// dies with its session.
+#[tokio::test]
+async fn im_token_from_the_connection_reads_history_until_the_session_ends() {
+    let server = Server::start(&[], &[]).await;
+    let mut alice = server.login_available("alice", "phone", 0).await;
+    let mut bob = server.login_available("bob", "desk", 0).await;
+    alice.message("bob@localhost", "over-http").await;
+    bob.expect_message_with_body("over-http").await;
+
+    let reply = alice
+        .iq("get", None, "<token xmlns='urn:confab:token:0'/>")
+        .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    let token = reply
+        .get_child("token", "urn:confab:token:0")
+        .map(|t| t.text())
+        .expect("token element");
+
+    let path = "/api/v1/history?with=bob@localhost";
+    let response = server.http_get_bearer(path, &token).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let page: serde_json::Value = serde_json::from_str(&response.body).expect("JSON");
+    assert_eq!(page["last_seq"], 1, "{page}");
+    assert!(
+        page["messages"][0]["xml"]
+            .as_str()
+            .unwrap_or("")
+            .contains("over-http"),
+        "{page}"
+    );
+    assert_eq!(page["messages"][0]["from"], "alice@localhost");
+
+    let response = server.http_get(path).await;
+    assert_eq!(response.status, 401, "{response:?}");
+    assert!(
+        response.body.contains(r#""error":"unauthorized""#),
+        "{response:?}"
+    );
+
+    // Ending the session revokes the token.
+    alice.send("</stream:stream>").await;
+    alice.expect_closed().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = server.http_get_bearer(path, &token).await;
+        if response.status == 401 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "token still valid: {response:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -57,6 +57,10 @@ impl AccountStore for SqliteStore {
             "DELETE FROM offline_messages WHERE owner = ?",
             "DELETE FROM documents WHERE owner = ?",
             "DELETE FROM blocklist WHERE owner = ?",
+            // These are keyed by bare JID; the store does not know the domain, so they are
+            // matched by the localpart before the '@' (exact, no LIKE wildcards).
+            "DELETE FROM read_state WHERE substr(owner, 1, instr(owner, '@') - 1) = ?",
+            "DELETE FROM im_tokens WHERE substr(owner, 1, instr(owner, '@') - 1) = ?",
         ] {
             sqlx::query(statement)
                 .bind(username)

@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use async_trait::async_trait;
-use confab_core::archive::{ArchiveStore, ArchivedMessage, CommitReceipt, NewMessage};
+use confab_core::archive::{
+    ArchiveDefault, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
+    CommitReceipt, MAX_QUERY_LIMIT, NewMessage, Page,
+};
 use confab_core::store::{StoreError, StoreResult};
 use serde_json::{Value, json};
 
@@ -54,7 +57,70 @@ macro_rules! columns {
     };
 }
 
-/// Rows deleted per purge transaction: small enough that appends waiting for the writer
+/// The filters of one half of an owner's archive, where the owner is in `$own` and the other
+/// party in `$other`. Parameters: ?1 owner, ?2/?3 exclusive server id bounds (sentinels when
+/// absent, so the index range always applies), ?4 `with` or NULL, ?5 JSON array to exclude,
+/// ?6 JSON array to keep only or NULL, ?7/?8 inclusive stamp bounds.
+macro_rules! mam_filter {
+    ($own:literal, $other:literal) => {
+        concat!(
+            $own,
+            " = ?1 AND server_id > ?2 AND server_id < ?3 \
+             AND (?4 IS NULL OR ",
+            $other,
+            " = ?4) \
+             AND ",
+            $other,
+            " NOT IN (SELECT value FROM json_each(?5)) \
+             AND (?6 IS NULL OR ",
+            $other,
+            " IN (SELECT value FROM json_each(?6))) \
+             AND stamp_ms >= ?7 AND stamp_ms <= ?8"
+        )
+    };
+}
+
+/// One page of an owner's archive in `$dir` server id order, `?9` rows: the sent half and
+/// the received half (self-addressed messages only once) are each an index range scan
+/// (`messages_sender`, `messages_recipient`) cut at `?9` rows, merged.
+macro_rules! mam_page {
+    ($dir:literal) => {
+        concat!(
+            "SELECT * FROM (SELECT ",
+            columns!(),
+            " FROM messages WHERE ",
+            mam_filter!("sender", "recipient"),
+            " ORDER BY server_id ",
+            $dir,
+            " LIMIT ?9) UNION ALL SELECT * FROM (SELECT ",
+            columns!(),
+            " FROM messages WHERE sender <> ?1 AND ",
+            mam_filter!("recipient", "sender"),
+            " ORDER BY server_id ",
+            $dir,
+            " LIMIT ?9) ORDER BY server_id ",
+            $dir,
+            " LIMIT ?9"
+        )
+    };
+}
+
+/// Every match of an owner's archive query, ignoring cursors (pass the sentinels).
+const MAM_COUNT: &str = concat!(
+    "SELECT (SELECT COUNT(*) FROM messages WHERE ",
+    mam_filter!("sender", "recipient"),
+    ") + (SELECT COUNT(*) FROM messages WHERE sender <> ?1 AND ",
+    mam_filter!("recipient", "sender"),
+    ")"
+);
+
+/// Lower server id bound when a query has none: below every non-empty id.
+const NO_AFTER: &str = "";
+/// Upper server id bound when a query has none: above every id that does not start with
+/// U+10FFFF, the last code point (server ids are ASCII UUIDs).
+const NO_BEFORE: &str = "\u{10FFFF}";
+
+/// Rows deleted per purge transaction/// Rows deleted per purge transaction: small enough that appends waiting for the writer
 /// connection are held up for milliseconds, not for the whole purge.
 const PURGE_CHUNK: i64 = 5_000;
 
@@ -327,6 +393,217 @@ impl ArchiveStore for SqliteStore {
             }
         }
     }
+
+    async fn query_archive(&self, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
+        let owner = query.owner.as_str();
+        for cursor in [&query.after_id, &query.before_id].into_iter().flatten() {
+            if !self.in_archive(owner, cursor).await? {
+                return Err(StoreError::NotFound);
+            }
+        }
+        let limit = query.limit.min(MAX_QUERY_LIMIT);
+        if let Some(ids) = &query.ids {
+            return self.query_ids(query, ids, limit as usize).await;
+        }
+        let exclude = json_list(&query.exclude);
+        let only = query.only.as_deref().map(json_list);
+        let start = query.start_ms.unwrap_or(i64::MIN);
+        let end = query.end_ms.unwrap_or(i64::MAX);
+
+        let count = if query.count {
+            let count: i64 = sqlx::query_scalar(MAM_COUNT)
+                .bind(owner)
+                .bind(NO_AFTER)
+                .bind(NO_BEFORE)
+                .bind(query.with.as_deref())
+                .bind(&exclude)
+                .bind(only.as_deref())
+                .bind(start)
+                .bind(end)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(unavailable)?;
+            Some(u64::try_from(count).unwrap_or(0))
+        } else {
+            None
+        };
+
+        let statement = match query.page {
+            Page::Forward => mam_page!("ASC"),
+            Page::Backward => mam_page!("DESC"),
+        };
+        // One row more than the page shows whether anything lies beyond it.
+        let rows: Vec<MessageRow> = sqlx::query_as(statement)
+            .bind(owner)
+            .bind(query.after_id.as_deref().unwrap_or(NO_AFTER))
+            .bind(query.before_id.as_deref().unwrap_or(NO_BEFORE))
+            .bind(query.with.as_deref())
+            .bind(&exclude)
+            .bind(only.as_deref())
+            .bind(start)
+            .bind(end)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        let complete = rows.len() <= limit as usize;
+        let mut messages = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(message_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if query.page == Page::Backward {
+            messages.reverse();
+        }
+        Ok(ArchivePage {
+            messages,
+            complete,
+            count,
+        })
+    }
+
+    async fn archive_prefs(&self, owner: &str) -> StoreResult<ArchivePrefs> {
+        let row: Option<(String, String, String)> =
+            sqlx::query_as("SELECT default_mode, always, never FROM mam_prefs WHERE owner = ?")
+                .bind(owner)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(unavailable)?;
+        let Some((mode, always, never)) = row else {
+            return Ok(ArchivePrefs::default());
+        };
+        Ok(ArchivePrefs {
+            default: ArchiveDefault::parse(&mode).ok_or_else(|| {
+                StoreError::Unavailable(format!("corrupt archive default {mode}"))
+            })?,
+            always: parse_list(&always)?,
+            never: parse_list(&never)?,
+        })
+    }
+
+    async fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> StoreResult<()> {
+        let never = tidy(&prefs.never);
+        let always: Vec<String> = tidy(&prefs.always)
+            .into_iter()
+            .filter(|jid| never.binary_search(jid).is_err())
+            .collect();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO mam_prefs (owner, default_mode, always, never) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (owner) DO UPDATE SET default_mode = excluded.default_mode, \
+             always = excluded.always, never = excluded.never",
+        )
+        .bind(owner)
+        .bind(prefs.default.as_str())
+        .bind(json_list(&always))
+        .bind(json_list(&never))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+}
+
+/// Whether a message belongs to the owner's view under every filter of `query` except the
+/// cursors, the ids and the limit (the in-memory twin of `mam_filter!`, for the `ids` path).
+fn in_view(query: &ArchiveQuery, message: &ArchivedMessage) -> bool {
+    let owner = query.owner.as_str();
+    let other = if message.sender == owner {
+        &message.recipient
+    } else if message.recipient == owner {
+        &message.sender
+    } else {
+        return false;
+    };
+    query.with.as_ref().is_none_or(|with| with == other)
+        && !query.exclude.contains(other)
+        && query.only.as_ref().is_none_or(|only| only.contains(other))
+        && query.start_ms.is_none_or(|start| message.stamp_ms >= start)
+        && query.end_ms.is_none_or(|end| message.stamp_ms <= end)
+}
+
+/// Cuts one page out of matches sorted by server id, and counts them if asked.
+fn page_of(query: &ArchiveQuery, mut matches: Vec<ArchivedMessage>, limit: usize) -> ArchivePage {
+    let count = query.count.then_some(matches.len() as u64);
+    if let Some(after) = &query.after_id {
+        matches.retain(|m| m.server_id > *after);
+    }
+    if let Some(before) = &query.before_id {
+        matches.retain(|m| m.server_id < *before);
+    }
+    let complete = matches.len() <= limit;
+    if !complete {
+        match query.page {
+            Page::Forward => matches.truncate(limit),
+            Page::Backward => {
+                matches.drain(..matches.len() - limit);
+            }
+        }
+    }
+    ArchivePage {
+        messages: matches,
+        complete,
+        count,
+    }
+}
+
+/// Preference lists as stored: sorted, without repeats.
+fn tidy(jids: &[String]) -> Vec<String> {
+    let mut jids = jids.to_vec();
+    jids.sort();
+    jids.dedup();
+    jids
+}
+
+fn json_list(jids: &[String]) -> String {
+    serde_json::to_string(jids).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn parse_list(text: &str) -> StoreResult<Vec<String>> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Unavailable(format!("corrupt archive preferences: {e}")))
+}
+
+impl SqliteStore {
+    /// Whether `server_id` is a message of `owner`'s archive (a valid RSM cursor).
+    async fn in_archive(&self, owner: &str, server_id: &str) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM messages WHERE server_id = ?1 AND (sender = ?2 OR recipient = ?2)",
+        )
+        .bind(server_id)
+        .bind(owner)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(found.is_some())
+    }
+
+    /// The `ids` form of a query: a handful of primary-key lookups, filtered and paged here.
+    async fn query_ids(
+        &self,
+        query: &ArchiveQuery,
+        ids: &[String],
+        limit: usize,
+    ) -> StoreResult<ArchivePage> {
+        let rows: Vec<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM messages WHERE server_id IN (SELECT value FROM json_each(?1)) \
+             ORDER BY server_id"
+        ))
+        .bind(json_list(ids))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        let mut matches = Vec::with_capacity(rows.len());
+        for row in rows {
+            let message = message_from_row(row)?;
+            if in_view(query, &message) {
+                matches.push(message);
+            }
+        }
+        Ok(page_of(query, matches, limit))
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +630,58 @@ mod tests {
         assert!(
             !details.iter().any(|d| d.starts_with("SCAN m")),
             "{details:?}"
+        );
+    }
+
+    /// Both directions of an archive page are two index range scans (one per half of the
+    /// owner's archive), never a scan of the table.
+    #[tokio::test]
+    async fn archive_pages_use_the_owner_indexes() {
+        let store = SqliteStore::open_in_memory().await.expect("open");
+        for statement in [
+            concat!("EXPLAIN QUERY PLAN ", mam_page!("ASC")),
+            concat!("EXPLAIN QUERY PLAN ", mam_page!("DESC")),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(statement)
+                .bind("alice@x")
+                .bind(NO_AFTER)
+                .bind(NO_BEFORE)
+                .bind(None::<&str>)
+                .bind("[]")
+                .bind(None::<&str>)
+                .bind(i64::MIN)
+                .bind(i64::MAX)
+                .bind(51)
+                .fetch_all(&store.reader)
+                .await
+                .expect("plan");
+            let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            for index in ["messages_sender", "messages_recipient"] {
+                assert!(
+                    details
+                        .iter()
+                        .any(|d| d.contains(&format!("USING INDEX {index} ("))
+                            && d.contains("server_id>? AND server_id<?")),
+                    "{index}: {details:?}"
+                );
+            }
+            assert!(
+                !details.iter().any(|d| d.starts_with("SCAN messages")),
+                "{details:?}"
+            );
+        }
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(concat!(
+            "EXPLAIN QUERY PLAN ",
+            "SELECT 1 FROM messages WHERE server_id = ?1 AND (sender = ?2 OR recipient = ?2)"
+        ))
+        .bind("x")
+        .bind("alice@x")
+        .fetch_all(&store.reader)
+        .await
+        .expect("plan");
+        assert!(
+            plan.iter().all(|row| !row.3.starts_with("SCAN")),
+            "{plan:?}"
         );
     }
 

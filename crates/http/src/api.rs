@@ -1,0 +1,188 @@
+//! The client API under `/api/v1`, authenticated by the IM token a client obtained over its
+//! XMPP connection (`Authorization: Bearer <token>`).
+//!
+//! Every handler answers JSON; errors use the crate's `{"error", "message"}` body with a
+//! stable code, and a missing or unknown token is `401 unauthorized` with a
+//! `WWW-Authenticate: Bearer` challenge (RFC 6750 §3).
+
+use crate::{HttpState, error_response};
+use async_trait::async_trait;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use confab_core::BareJid;
+use confab_core::archive::{ArchivedMessage, direct_conversation};
+use confab_core::store::Store;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Largest page a history request may ask for.
+pub const MAX_PAGE: u32 = 500;
+/// Page size when the request names none.
+pub const DEFAULT_PAGE: u32 = 50;
+
+/// Checks an IM token and says whose it is.
+#[async_trait]
+pub trait TokenVerifier: Send + Sync {
+    /// The account the token belongs to, or `None` if it is unknown, expired or revoked.
+    async fn verify(&self, token: &str) -> Option<BareJid>;
+}
+
+/// What the client API needs from the rest of the server.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Persistent state (archive, accounts).
+    pub store: Arc<dyn Store>,
+    /// IM token verification.
+    pub tokens: Arc<dyn TokenVerifier>,
+}
+
+/// `GET /api/v1/history` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// The other party's bare JID.
+    pub with: Option<String>,
+    /// Only messages with a higher sequence number (page forward).
+    pub after_seq: Option<u64>,
+    /// Only messages with a lower sequence number (page backward).
+    pub before_seq: Option<u64>,
+    /// Page size, at most [`MAX_PAGE`].
+    pub limit: Option<u32>,
+}
+
+/// One archived message as the API returns it.
+#[derive(Debug, Serialize)]
+pub struct HistoryItem {
+    /// The server id (XEP-0359 stanza-id).
+    pub id: String,
+    /// Position in the conversation, gap-free.
+    pub seq: u64,
+    /// Sender's bare JID.
+    pub from: String,
+    /// Recipient's bare JID.
+    pub to: String,
+    /// Server time in milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// The message as delivered.
+    pub xml: String,
+}
+
+impl From<ArchivedMessage> for HistoryItem {
+    fn from(message: ArchivedMessage) -> Self {
+        Self {
+            id: message.server_id,
+            seq: message.seq,
+            from: message.sender,
+            to: message.recipient,
+            stamp_ms: message.stamp_ms,
+            xml: message.xml,
+        }
+    }
+}
+
+/// `GET /api/v1/history` response.
+#[derive(Debug, Serialize)]
+pub struct HistoryPage {
+    /// The other party.
+    pub with: String,
+    /// The conversation's latest sequence number, so a client knows how far behind it is.
+    pub last_seq: u64,
+    /// Messages, lowest sequence first.
+    pub messages: Vec<HistoryItem>,
+}
+
+/// The caller, as proven by its bearer token.
+async fn caller(state: &HttpState, headers: &HeaderMap) -> Result<(ApiState, BareJid), Response> {
+    let Some(api) = state.api.clone() else {
+        return Err(error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the client API is not enabled".into(),
+        ));
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty());
+    let Some(token) = token else {
+        return Err(unauthorized("missing bearer token"));
+    };
+    match api.tokens.verify(token).await {
+        Some(owner) => Ok((api, owner)),
+        None => Err(unauthorized("unknown, expired or revoked token")),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message.into());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"confab\""),
+    );
+    response
+}
+
+fn bad_request(message: String) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// `GET /api/v1/history?with=JID[&after_seq=N|&before_seq=N][&limit=N]`: one page of the
+/// caller's conversation with `with`. Without bounds it returns the latest page; with
+/// `before_seq` the page just before it; with `after_seq` the page just after it.
+pub async fn history(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let (api, owner) = match caller(&state, &headers).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad_request(rejection.body_text()),
+    };
+    let Some(with) = query.with.as_deref() else {
+        return bad_request("query parameter 'with' (a bare JID) is required".into());
+    };
+    let Ok(with) = BareJid::new(with) else {
+        return bad_request(format!("'with' is not a valid JID: {with:?}"));
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return bad_request(format!("'limit' must be between 1 and {MAX_PAGE}"));
+    }
+    let conversation = direct_conversation(&owner, &with);
+    let last_seq = match api.store.last_seq(&conversation).await {
+        Ok(seq) => seq,
+        Err(error) => return storage_error(&error),
+    };
+    // Sequences are gap-free, so "the page before N" is the range (N - limit - 1, N).
+    let (after, before) = match (query.after_seq, query.before_seq) {
+        (Some(after), before) => (Some(after), before),
+        (None, Some(before)) => (before.checked_sub(u64::from(limit) + 1), Some(before)),
+        (None, None) => (last_seq.checked_sub(u64::from(limit)), None),
+    };
+    match api.store.history(&conversation, after, before, limit).await {
+        Ok(messages) => Json(HistoryPage {
+            with: with.to_string(),
+            last_seq,
+            messages: messages.into_iter().map(HistoryItem::from).collect(),
+        })
+        .into_response(),
+        Err(error) => storage_error(&error),
+    }
+}
+
+fn storage_error(error: &confab_core::store::StoreError) -> Response {
+    tracing::warn!(%error, "client API storage failure");
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "storage is unavailable; retry later".into(),
+    )
+}

@@ -1,0 +1,270 @@
+//! Read state kept on the server (`urn:confab:read:0`, specified in
+//! `docs/protocol/confab-read.md`): how far each account has read each one-to-one
+//! conversation, set by the XEP-0333 markers its devices send and pushed to its other devices,
+//! so every device shows the same unread state.
+//!
+//! When a local session sends a `<displayed/>` (or the stronger `<acknowledged/>`) marker in
+//! `urn:xmpp:chat-markers:0` to another account, the marked message is looked up in the
+//! archive: first as a server id (the XEP-0359 `<stanza-id/>` the client got), then as the
+//! client id the peer sent it with (its `origin-id`, or its stanza `id`, which is what
+//! XEP-0333 §4 has clients reference in one-to-one chats). Its sequence number becomes the
+//! account's read position in that conversation if that is further than the stored one;
+//! positions never move back. When the position moved, the account's other resources get
+//!
+//! ```xml
+//! <message type='headline' from='alice@example.org' to='alice@example.org/laptop' id='read-…'>
+//!   <read xmlns='urn:confab:read:0' with='bob@example.org' seq='17' unread='0'/>
+//! </message>
+//! ```
+//!
+//! and a `<query xmlns='urn:confab:read:0'/>` IQ get returns every stored position, so a device
+//! that was away catches up. The marker itself is routed on unchanged: the peer sees it, the
+//! log archives it and carbons copy it as usual.
+//!
+//! The lookup runs at `on_inbound`, on the sender's path: the read position is the sender's
+//! own state, recorded whatever then becomes of the marker (an unknown peer, a peer that
+//! blocks the sender).
+
+use crate::store_error;
+use async_trait::async_trait;
+use confab_core::archive::direct_conversation;
+use confab_core::stanza::element;
+use confab_core::store::StoreError;
+use confab_core::{BareJid, Element, Jid, Stanza, StanzaErrorCondition, StanzaKind, ns};
+use confab_router::{Flow, IqOutcome, Module, Router};
+use confab_sessions::Resource;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Confab's read-state namespace.
+pub const READ: &str = "urn:confab:read:0";
+/// XEP-0333 chat markers.
+pub const MARKERS: &str = "urn:xmpp:chat-markers:0";
+
+/// Records read positions from markers and keeps an account's devices in agreement.
+#[derive(Debug, Default)]
+pub struct ReadState {
+    /// Makes push ids unique on this server.
+    next_push: AtomicU64,
+}
+
+/// The message id a read marker names, if the message is one: `<displayed/>` or
+/// `<acknowledged/>` (which XEP-0333 makes imply displayed).
+pub fn read_marker(message: &Element) -> Option<&str> {
+    message
+        .children()
+        .find(|c| c.ns() == MARKERS && matches!(c.name(), "displayed" | "acknowledged"))
+        .and_then(|marker| marker.attr("id"))
+        .filter(|id| !id.is_empty())
+}
+
+/// The other party of a direct conversation key, from `owner`'s side.
+fn peer_of<'a>(conversation: &'a str, owner: &str) -> &'a str {
+    match conversation.split_once(' ') {
+        Some((a, b)) if a == owner => b,
+        Some((a, _)) => a,
+        None => conversation,
+    }
+}
+
+/// One `<read/>` element.
+fn read_element(with: &str, seq: u64, unread: u64) -> Element {
+    element(
+        "read",
+        READ,
+        &[
+            ("with", with),
+            ("seq", &seq.to_string()),
+            ("unread", &unread.to_string()),
+        ],
+    )
+}
+
+impl ReadState {
+    /// Creates the feature.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sequence of the message `id` names in `conversation`, sent by `peer`.
+    async fn resolve(
+        &self,
+        router: &Router,
+        conversation: &str,
+        peer: &BareJid,
+        id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        if let Some(message) = router.store.message_by_id(id).await?
+            && message.conversation == conversation
+        {
+            return Ok(Some(message.seq));
+        }
+        router
+            .store
+            .seq_by_client_id(conversation, peer.as_str(), id)
+            .await
+    }
+
+    /// Records a marker `origin` sends to `to`; pushes the new position to the account's
+    /// other resources when it moved.
+    async fn record(
+        &self,
+        router: &Router,
+        origin: &Arc<Resource>,
+        to: &Jid,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let owner = origin.jid.to_bare();
+        let peer = to.to_bare();
+        if owner == peer || !router.is_local_account(to) {
+            return Ok(());
+        }
+        let conversation = direct_conversation(&owner, &peer);
+        let Some(seq) = self.resolve(router, &conversation, &peer, id).await? else {
+            tracing::debug!(%owner, "marker names no archived message");
+            return Ok(());
+        };
+        let before = router
+            .store
+            .read_position(owner.as_str(), &conversation)
+            .await?;
+        let now = router
+            .store
+            .mark_read(owner.as_str(), &conversation, seq)
+            .await?;
+        if now <= before {
+            return Ok(());
+        }
+        let unread = router
+            .store
+            .unread_count(owner.as_str(), &conversation)
+            .await?;
+        for resource in router.sessions.resources(&owner) {
+            if resource.id == origin.id {
+                continue;
+            }
+            let id = format!("read-{}", self.next_push.fetch_add(1, Ordering::Relaxed));
+            let mut push = element(
+                "message",
+                ns::CLIENT,
+                &[
+                    ("type", "headline"),
+                    ("id", &id),
+                    ("from", owner.as_str()),
+                    ("to", resource.jid.as_str()),
+                ],
+            );
+            push.append_child(read_element(peer.as_str(), now, unread));
+            router.send(&resource, Stanza::new(push));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Module for ReadState {
+    fn name(&self) -> &'static str {
+        "read-state"
+    }
+
+    fn server_features(&self) -> &'static [&'static str] {
+        &[READ]
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[READ]
+    }
+
+    async fn handle_iq(&self, router: &Router, iq: &Stanza) -> IqOutcome {
+        if iq.type_attr() != Some("get") || iq.payload().map(Element::name) != Some("query") {
+            return StanzaErrorCondition::BadRequest.into();
+        }
+        let Some(owner) = iq.from.as_ref().map(Jid::to_bare) else {
+            return StanzaErrorCondition::NotAllowed.into();
+        };
+        // Only the account itself reads its read state.
+        if let Some(to) = &iq.to
+            && !router.is_server(to)
+            && to.to_bare() != owner
+        {
+            return StanzaErrorCondition::Forbidden.into();
+        }
+        let positions = match router.store.read_positions(owner.as_str()).await {
+            Ok(positions) => positions,
+            Err(error) => return store_error(error).into(),
+        };
+        let mut reply = Element::bare("query", READ);
+        for (conversation, seq) in positions {
+            let unread = match router
+                .store
+                .unread_count(owner.as_str(), &conversation)
+                .await
+            {
+                Ok(unread) => unread,
+                Err(error) => return store_error(error).into(),
+            };
+            reply.append_child(read_element(
+                peer_of(&conversation, owner.as_str()),
+                seq,
+                unread,
+            ));
+        }
+        IqOutcome::Result(Some(reply))
+    }
+
+    async fn on_inbound(
+        &self,
+        router: &Router,
+        origin: &Arc<Resource>,
+        stanza: &mut Stanza,
+    ) -> Flow {
+        if stanza.kind != StanzaKind::Message
+            || !matches!(stanza.type_attr(), None | Some("chat" | "normal"))
+        {
+            return Flow::Continue;
+        }
+        let (Some(to), Some(id)) = (stanza.to.as_ref(), read_marker(&stanza.element)) else {
+            return Flow::Continue;
+        };
+        if let Err(error) = self.record(router, origin, to, id).await {
+            // The marker still goes to the peer; a later marker moves the position.
+            tracing::warn!(%error, jid = %origin.jid, "read position not stored");
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_that_mean_read() {
+        let parse = |xml: &str| -> Element { xml.parse().expect("xml") };
+        assert_eq!(
+            read_marker(&parse(
+                "<message xmlns='jabber:client'><displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>"
+            )),
+            Some("m1")
+        );
+        assert_eq!(
+            read_marker(&parse(
+                "<message xmlns='jabber:client'><acknowledged xmlns='urn:xmpp:chat-markers:0' id='m2'/></message>"
+            )),
+            Some("m2")
+        );
+        for xml in [
+            "<message xmlns='jabber:client'><received xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>",
+            "<message xmlns='jabber:client'><displayed xmlns='urn:example' id='m1'/></message>",
+            "<message xmlns='jabber:client'><displayed xmlns='urn:xmpp:chat-markers:0'/></message>",
+        ] {
+            assert_eq!(read_marker(&parse(xml)), None, "{xml}");
+        }
+    }
+
+    #[test]
+    fn peer_is_the_other_side() {
+        assert_eq!(peer_of("a@x b@x", "a@x"), "b@x");
+        assert_eq!(peer_of("a@x b@x", "b@x"), "a@x");
+    }
+}
