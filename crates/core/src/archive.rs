@@ -35,6 +35,9 @@ pub struct NewMessage {
     pub stamp_ms: i64,
     /// The serialized `<message/>` as delivered; opaque to the store.
     pub xml: String,
+    /// Whether the message counts toward the recipient's unread count: true for content
+    /// (a body), false for receipts and markers, which are archived but are not news.
+    pub counts_unread: bool,
 }
 
 /// What a commit assigned to one message, or, for a duplicate, what it assigned the first time.

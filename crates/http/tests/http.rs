@@ -241,6 +241,7 @@ async fn api_state(count: u64) -> HttpState {
             client_id: Some(format!("c{n}")),
             stamp_ms: 1_700_000_000_000 + n as i64,
             xml: format!("<message xmlns='jabber:client'><body>m{n}</body></message>"),
+            counts_unread: true,
         })
         .collect();
     store.append(&batch).await.expect("append");

@@ -127,6 +127,7 @@ impl Module for LogModule {
             client_id: client_id.clone(),
             stamp_ms: chrono::Utc::now().timestamp_millis(),
             xml: String::from(&stanza.element),
+            counts_unread: stanza.element.has_child("body", ns::CLIENT),
         };
 
         let committed = match self.log.commit(message).await {

@@ -630,6 +630,7 @@ pub fn chat(
         client_id: client_id.map(str::to_owned),
         stamp_ms: 1_700_000_000_000 + n,
         xml: format!("<message to='{recipient}'><body>{n}</body></message>"),
+        counts_unread: true,
     }
 }
 
@@ -815,6 +816,7 @@ pub async fn archive_history_range_and_lookup(store: &dyn Store) {
 
     let special = NewMessage {
         xml: "<message><body>Grüße, 世界 🦀 \"quoted\" \\ back\nslash</body></message>".into(),
+        counts_unread: true,
         ..chat("a b", "b", "a", 11, None)
     };
     let receipt = store
@@ -1333,6 +1335,14 @@ pub async fn read_state_unread_count_and_client_id_lookup(store: &dyn Store) {
     store.mark_read("a@x", conv, 4).await.expect("mark");
     assert_eq!(store.unread_count("a@x", conv).await.expect("count"), 0);
     assert_eq!(store.unread_count("b@x", conv).await.expect("count"), 1);
+    // A marker or receipt from the peer is archived but is not news.
+    let marker = NewMessage {
+        counts_unread: false,
+        ..chat(conv, "b@x", "a@x", 6, Some("m1"))
+    };
+    store.append(&[marker]).await.expect("append marker");
+    assert_eq!(store.unread_count("a@x", conv).await.expect("count"), 0);
+    assert_eq!(store.last_seq(conv).await.expect("last"), 5);
 
     let lookup = |sender: &'static str, id: &'static str| async move {
         store

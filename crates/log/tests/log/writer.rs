@@ -25,6 +25,7 @@ fn message(conversation: usize, client_id: Option<String>) -> NewMessage {
         client_id,
         stamp_ms: chrono::Utc::now().timestamp_millis(),
         xml,
+        counts_unread: true,
     }
 }
 

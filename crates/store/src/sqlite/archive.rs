@@ -44,11 +44,12 @@ const ALLOCATE_SEQUENCES: &str = "INSERT INTO conversations (conversation, last_
      ON CONFLICT (conversation) DO UPDATE SET last_seq = last_seq + excluded.last_seq \
      RETURNING conversation, last_seq";
 
-/// Inserts `[server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml]` rows.
+/// Inserts `[server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml,
+/// counts_unread]` rows.
 const INSERT_MESSAGES: &str = "INSERT INTO messages \
-     (server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml) \
+     (server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml, counts_unread) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-     value ->> 6, value ->> 7 FROM json_each(?1)";
+     value ->> 6, value ->> 7, value ->> 8 FROM json_each(?1)";
 
 /// Column list shared by the read queries, in [`MessageRow`] order.
 macro_rules! columns {
@@ -281,7 +282,8 @@ impl ArchiveStore for SqliteStore {
                     m.recipient,
                     m.client_id,
                     m.stamp_ms,
-                    m.xml
+                    m.xml,
+                    m.counts_unread
                 ]));
                 receipts[i] = Some(CommitReceipt {
                     server_id: m.server_id.clone(),

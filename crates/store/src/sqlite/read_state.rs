@@ -62,7 +62,7 @@ impl ReadStateStore for SqliteStore {
     async fn unread_count(&self, owner: &str, conversation: &str) -> StoreResult<u64> {
         // A range scan of the (conversation, seq) unique index from the read position on.
         let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM messages WHERE conversation = ?1 AND sender <> ?2 AND seq > \
+            "SELECT count(*) FROM messages WHERE conversation = ?1 AND sender <> ?2 AND counts_unread AND seq > \
              coalesce((SELECT seq FROM read_state WHERE owner = ?2 AND conversation = ?1), 0)",
         )
         .bind(conversation)
