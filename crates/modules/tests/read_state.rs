@@ -4,115 +4,12 @@
 mod common;
 
 use common::Client;
+use common::logged::{drain, expect_no_message, next_message, online, router, xml};
 use confab_core::archive::direct_conversation;
-use confab_core::metrics::Metrics;
-use confab_core::store::{AccountStore, Store};
-use confab_core::{BareJid, Stanza, StanzaKind};
-use confab_log::{LogConfig, LogModule};
+use confab_core::{BareJid, Stanza};
 use confab_modules::markers::READ;
-use confab_modules::{ModuleOptions, default_modules};
 use confab_router::Router;
-use confab_sessions::SessionManager;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The default modules with the message log where the server puts it (before offline).
-async fn router(accounts: &[&str]) -> Arc<Router> {
-    let store = confab_store::SqliteStore::open_in_memory()
-        .await
-        .expect("store");
-    for account in accounts {
-        let credentials = confab_auth::derive_credentials(account, 64);
-        store
-            .create_account(account, &credentials)
-            .await
-            .expect("account");
-    }
-    let store: Arc<dyn Store> = Arc::new(store);
-    let mut modules = default_modules(&ModuleOptions {
-        registration_open: false,
-        scram_iterations: 64,
-    });
-    let at = modules
-        .iter()
-        .position(|m| m.name() == "offline")
-        .expect("offline");
-    modules.insert(
-        at,
-        Arc::new(LogModule::new(store.clone(), LogConfig::default())),
-    );
-    Arc::new(Router::new(
-        BareJid::new("localhost").expect("domain"),
-        Arc::new(SessionManager::new()),
-        store,
-        Arc::new(Metrics::new()),
-        modules,
-    ))
-}
-
-/// Connects, sends presence with `priority` and optionally enables carbons.
-async fn online(router: &Arc<Router>, jid: &str, priority: i8, carbons: bool) -> Client {
-    let mut client = Client::connect(router, jid).await;
-    client
-        .send(&format!(
-            "<presence xmlns='jabber:client'><priority>{priority}</priority></presence>"
-        ))
-        .await;
-    if carbons {
-        client
-            .send("<iq xmlns='jabber:client' type='set' id='on'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
-            .await;
-        let reply = next_non_presence(&mut client).await;
-        assert_eq!(reply.type_attr(), Some("result"), "{}", xml(&reply));
-        assert_eq!(reply.id(), Some("on"));
-    }
-    client
-}
-
-fn xml(stanza: &Stanza) -> String {
-    String::from(&stanza.element)
-}
-
-async fn next_non_presence(client: &mut Client) -> Stanza {
-    loop {
-        let stanza = client.recv().await;
-        if stanza.kind != StanzaKind::Presence {
-            return stanza;
-        }
-    }
-}
-
-/// Discards whatever is queued (presence broadcasts, receipts).
-async fn drain(client: &mut Client) {
-    while let Ok(Some(_)) =
-        tokio::time::timeout(Duration::from_millis(50), client.mailbox.receiver.recv()).await
-    {}
-}
-
-/// The next message that is not a commit receipt.
-async fn next_message(client: &mut Client) -> Stanza {
-    loop {
-        let stanza = next_non_presence(client).await;
-        if !stanza.element.has_child("ack", "urn:confab:ack:0") {
-            return stanza;
-        }
-    }
-}
-
-/// Asserts that only commit receipts (and presence) arrive within 100 ms.
-async fn expect_no_message(client: &mut Client) {
-    while let Ok(Some(confab_sessions::SessionCommand::Deliver(stanza))) =
-        tokio::time::timeout(Duration::from_millis(100), client.mailbox.receiver.recv()).await
-    {
-        let ack = stanza.element.has_child("ack", "urn:confab:ack:0");
-        assert!(
-            ack || stanza.kind == StanzaKind::Presence,
-            "{}: unexpected {}",
-            client.resource.jid,
-            xml(&stanza)
-        );
-    }
-}
 
 fn bare(jid: &str) -> BareJid {
     BareJid::new(jid).expect("jid")

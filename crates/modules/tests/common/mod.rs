@@ -2,6 +2,8 @@
 //! mailboxes. Exercises modules end to end without sockets.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod logged;
+
 use confab_core::metrics::Metrics;
 use confab_core::store::{AccountStore, Store};
 use confab_core::{BareJid, FullJid, Jid, Stanza};
@@ -37,6 +39,17 @@ pub async fn router_over(
     accounts: &[&str],
     options: ModuleOptions,
 ) -> Arc<Router> {
+    router_over_with(store, accounts, options, |_, _| {}).await
+}
+
+/// Like [`router_over`], letting the caller add modules (e.g. the message log) to the
+/// default set before the router is built.
+pub async fn router_over_with(
+    store: confab_store::SqliteStore,
+    accounts: &[&str],
+    options: ModuleOptions,
+    extend: impl FnOnce(&Arc<dyn Store>, &mut Vec<Arc<dyn confab_router::Module>>),
+) -> Arc<Router> {
     for account in accounts {
         let credentials = confab_auth::derive_credentials(account, 64);
         store
@@ -45,12 +58,14 @@ pub async fn router_over(
             .expect("account");
     }
     let store: Arc<dyn Store> = Arc::new(store);
+    let mut modules = default_modules(&options);
+    extend(&store, &mut modules);
     Arc::new(Router::new(
         BareJid::new("localhost").expect("domain"),
         Arc::new(SessionManager::new()),
         store,
         Arc::new(Metrics::new()),
-        default_modules(&options),
+        modules,
     ))
 }
 
