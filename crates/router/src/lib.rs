@@ -38,6 +38,8 @@ pub struct Router {
     /// Server-wide counters.
     pub metrics: Arc<Metrics>,
     modules: Vec<Arc<dyn Module>>,
+    /// The modules that asked for `on_delivered`; empty means no per-message copy is made.
+    delivery_observers: Vec<Arc<dyn Module>>,
     iq_handlers: HashMap<&'static str, Arc<dyn Module>>,
 }
 
@@ -56,12 +58,18 @@ impl Router {
                 iq_handlers.insert(*namespace, module.clone());
             }
         }
+        let delivery_observers = modules
+            .iter()
+            .filter(|m| m.observes_delivery())
+            .cloned()
+            .collect();
         Self {
             domain,
             sessions,
             store,
             metrics,
             modules,
+            delivery_observers,
             iq_handlers,
         }
     }
@@ -279,13 +287,14 @@ impl Router {
     }
 
     async fn send_and_notify(&self, resource: &Arc<Resource>, stanza: Stanza) -> bool {
-        let notify = stanza.kind == StanzaKind::Message;
+        // Copying a message costs a DOM clone; only make one if a module listens.
+        let notify = stanza.kind == StanzaKind::Message && !self.delivery_observers.is_empty();
         let copy = notify.then(|| stanza.clone());
         if !self.send(resource, stanza) {
             return false;
         }
         if let Some(copy) = copy {
-            for module in &self.modules {
+            for module in &self.delivery_observers {
                 module.on_delivered(self, resource, &copy).await;
             }
         }

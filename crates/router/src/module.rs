@@ -98,7 +98,14 @@ pub trait Module: Send + Sync + 'static {
         Flow::Continue
     }
 
-    /// A message was posted to a session's mailbox.
+    /// Whether this module wants [`Module::on_delivered`]. Delivery notifications need a
+    /// copy of every delivered message, so the router makes one only when some module asks.
+    fn observes_delivery(&self) -> bool {
+        false
+    }
+
+    /// A message was posted to a session's mailbox (only called when
+    /// [`Module::observes_delivery`] is true).
     async fn on_delivered(&self, _router: &Router, _resource: &Arc<Resource>, _stanza: &Stanza) {}
 
     /// A resource was bound.
