@@ -36,10 +36,24 @@ pub struct ModuleOptions {
 /// stanza; roster and presence before offline storage decides a message is undeliverable;
 /// carbons after everything that may still drop a message.
 pub fn default_modules(options: &ModuleOptions) -> Vec<Arc<dyn Module>> {
-    vec![
+    modules_with_log(options, Vec::new())
+}
+
+/// The default features with `log` (the message log and its companions, which this crate
+/// cannot name) in the one place committing belongs: after blocking, roster and presence
+/// had their say (a blocked message is never archived) and before offline storage, which
+/// then keeps the committed message with its stanza-id.
+pub fn modules_with_log(
+    options: &ModuleOptions,
+    log: Vec<Arc<dyn Module>>,
+) -> Vec<Arc<dyn Module>> {
+    let mut modules: Vec<Arc<dyn Module>> = vec![
         Arc::new(blocking::Blocking::new()),
         Arc::new(roster::Roster::new()),
         Arc::new(presence::Presence::new()),
+    ];
+    modules.extend(log);
+    let rest: [Arc<dyn Module>; 10] = [
         Arc::new(offline::Offline::new()),
         Arc::new(disco::Disco::new()),
         Arc::new(ping::Ping::new()),
@@ -52,12 +66,13 @@ pub fn default_modules(options: &ModuleOptions) -> Vec<Arc<dyn Module>> {
         )),
         // Read state records markers at `on_inbound`, on the sender's path.
         Arc::new(markers::ReadState::new()),
-        // Carbons copy at `on_routed` and must run after the message log (which the server
-        // inserts before offline storage), so copies carry the stanza-id and resends the log
+        // Carbons copy at `on_routed` and must run after the message log, so copies carry the stanza-id and resends the log
         // swallows are not copied; last, so nothing after it drops a copied message.
         Arc::new(carbons::Carbons::new()),
         Arc::new(token::ImToken::default()),
-    ]
+    ];
+    modules.extend(rest);
+    modules
 }
 
 /// Maps a storage failure to the error a client sees; details stay in the log.

@@ -10,7 +10,7 @@ use confab_core::metrics::Metrics;
 use confab_core::store::Store;
 use confab_core::{BareJid, Element, Stanza, StanzaError, ns};
 use confab_log::{LogConfig, LogModule, MamModule};
-use confab_modules::{ModuleOptions, default_modules};
+use confab_modules::{ModuleOptions, modules_with_log};
 use confab_net::{C2sListener, ListenerConfig};
 use confab_router::Router;
 use confab_sessions::SessionManager;
@@ -54,21 +54,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registration_open,
         scram_iterations: config.auth.scram_iterations,
     };
-    let mut modules = default_modules(&options);
-    // The message log commits chat messages at `on_routed`: after blocking, roster and
-    // presence had their say (a blocked message is never archived) and before offline storage,
-    // which then keeps the committed message with its stanza-id.
-    let log_at = modules
-        .iter()
-        .position(|m| m.name() == "offline")
-        .unwrap_or(modules.len());
-    modules.insert(
-        log_at,
-        Arc::new(LogModule::new(store.clone(), log_config(&config.archive))),
+    // The message log commits chat messages at `on_routed`; MAM answers queries over what it
+    // committed (an IQ handler only, so its place in the hook order does not matter).
+    let modules = modules_with_log(
+        &options,
+        vec![
+            Arc::new(LogModule::new(store.clone(), log_config(&config.archive))),
+            Arc::new(MamModule::new()),
+        ],
     );
-    // XEP-0313 queries over what the log committed; an IQ handler only, so its place in the
-    // hook order does not matter.
-    modules.insert(log_at + 1, Arc::new(MamModule::new()));
     let router = Arc::new(Router::new(
         domain.clone(),
         Arc::new(SessionManager::new()),

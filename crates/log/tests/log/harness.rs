@@ -16,7 +16,7 @@ use confab_core::store::{
 use confab_core::{BareJid, FullJid, Jid, Stanza};
 use confab_log::receipt::Receipt;
 use confab_log::{LogConfig, LogModule, MamModule};
-use confab_modules::{ModuleOptions, default_modules};
+use confab_modules::{ModuleOptions, modules_with_log};
 use confab_router::{Module, Router};
 use confab_sessions::{Mailbox, Resource, SessionCommand, SessionManager};
 use std::sync::Arc;
@@ -51,17 +51,12 @@ pub async fn create_users(store: &dyn Store) {
 /// A router over `store` with the default modules, the log module inserted before offline
 /// storage and the MAM module last, as `confab serve` does.
 pub fn router_over(store: Arc<dyn Store>) -> Arc<Router> {
-    let mut modules = default_modules(&ModuleOptions {
+    let options = ModuleOptions {
         registration_open: false,
         scram_iterations: 4096,
-    });
-    let position = modules
-        .iter()
-        .position(|m| m.name() == "offline")
-        .expect("offline module");
+    };
     let log: Arc<dyn Module> = Arc::new(LogModule::new(store.clone(), LogConfig::default()));
-    modules.insert(position, log);
-    modules.push(Arc::new(MamModule::new()));
+    let modules = modules_with_log(&options, vec![log, Arc::new(MamModule::new())]);
     Arc::new(Router::new(
         BareJid::new("localhost").expect("domain"),
         Arc::new(SessionManager::new()),

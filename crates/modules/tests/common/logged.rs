@@ -18,15 +18,14 @@ pub async fn router(accounts: &[&str]) -> Arc<Router> {
         registration_open: false,
         scram_iterations: 64,
     };
-    router_over_with(store, accounts, options, |store, modules| {
-        let at = modules
-            .iter()
-            .position(|m| m.name() == "offline")
-            .expect("offline");
-        modules.insert(
-            at,
-            Arc::new(LogModule::new(store.clone(), LogConfig::default())),
-        );
+    router_over_with(store, accounts, |store| {
+        confab_modules::modules_with_log(
+            &options,
+            vec![Arc::new(LogModule::new(
+                store.clone(),
+                LogConfig::default(),
+            ))],
+        )
     })
     .await
 }

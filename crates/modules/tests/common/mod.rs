@@ -39,16 +39,15 @@ pub async fn router_over(
     accounts: &[&str],
     options: ModuleOptions,
 ) -> Arc<Router> {
-    router_over_with(store, accounts, options, |_, _| {}).await
+    router_over_with(store, accounts, |_| default_modules(&options)).await
 }
 
-/// Like [`router_over`], letting the caller add modules (e.g. the message log) to the
-/// default set before the router is built.
+/// Like [`router_over`], with the module list built by `modules` over the store (e.g. the
+/// defaults with the message log).
 pub async fn router_over_with(
     store: confab_store::SqliteStore,
     accounts: &[&str],
-    options: ModuleOptions,
-    extend: impl FnOnce(&Arc<dyn Store>, &mut Vec<Arc<dyn confab_router::Module>>),
+    modules: impl FnOnce(&Arc<dyn Store>) -> Vec<Arc<dyn confab_router::Module>>,
 ) -> Arc<Router> {
     for account in accounts {
         let credentials = confab_auth::derive_credentials(account, 64);
@@ -58,8 +57,7 @@ pub async fn router_over_with(
             .expect("account");
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    let mut modules = default_modules(&options);
-    extend(&store, &mut modules);
+    let modules = modules(&store);
     Arc::new(Router::new(
         BareJid::new("localhost").expect("domain"),
         Arc::new(SessionManager::new()),
