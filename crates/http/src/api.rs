@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_core::BareJid;
 use confab_core::archive::{ArchivedMessage, direct_conversation};
-use confab_core::store::Store;
+use confab_core::store::{Store, TokenInfo};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -25,8 +25,18 @@ pub const DEFAULT_PAGE: u32 = 50;
 /// Checks an IM token and says whose it is.
 #[async_trait]
 pub trait TokenVerifier: Send + Sync {
-    /// The account the token belongs to, or `None` if it is unknown, expired or revoked.
-    async fn verify(&self, token: &str) -> Option<BareJid>;
+    /// The record of a live token (its account, session and lifetime), or `None` if it is
+    /// unknown, expired or revoked.
+    async fn verify(&self, token: &str) -> Option<TokenInfo>;
+}
+
+/// The caller of a client API request, as proven by its bearer token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The account's bare JID.
+    pub owner: BareJid,
+    /// The token's record: the session it is bound to and its lifetime.
+    pub token: TokenInfo,
 }
 
 /// What the client API needs from the rest of the server.
@@ -93,8 +103,12 @@ pub struct HistoryPage {
     pub messages: Vec<HistoryItem>,
 }
 
-/// The caller, as proven by its bearer token.
-async fn caller(state: &HttpState, headers: &HeaderMap) -> Result<(ApiState, BareJid), Response> {
+/// The API state and the caller of a request, or the error response to send: 404 when the
+/// client API is off, 401 for a missing, unknown, expired or revoked token.
+pub async fn caller(
+    state: &HttpState,
+    headers: &HeaderMap,
+) -> Result<(ApiState, Caller), Response> {
     let Some(api) = state.api.clone() else {
         return Err(error_response(
             StatusCode::NOT_FOUND,
@@ -111,13 +125,18 @@ async fn caller(state: &HttpState, headers: &HeaderMap) -> Result<(ApiState, Bar
     let Some(token) = token else {
         return Err(unauthorized("missing bearer token"));
     };
-    match api.tokens.verify(token).await {
-        Some(owner) => Ok((api, owner)),
-        None => Err(unauthorized("unknown, expired or revoked token")),
+    let Some(info) = api.tokens.verify(token).await else {
+        return Err(unauthorized("unknown, expired or revoked token"));
+    };
+    match BareJid::new(&info.owner) {
+        Ok(owner) => Ok((api, Caller { owner, token: info })),
+        // Only a hand-edited token table gets here.
+        Err(_) => Err(unauthorized("token names no valid account")),
     }
 }
 
-fn unauthorized(message: &str) -> Response {
+/// `401 unauthorized` with the RFC 6750 §3 challenge.
+pub fn unauthorized(message: &str) -> Response {
     let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message.into());
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -126,7 +145,8 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
-fn bad_request(message: String) -> Response {
+/// `400 bad_request`.
+pub fn bad_request(message: String) -> Response {
     error_response(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
@@ -138,7 +158,7 @@ pub async fn history(
     headers: HeaderMap,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (api, owner) = match caller(&state, &headers).await {
+    let (api, Caller { owner, .. }) = match caller(&state, &headers).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
@@ -178,7 +198,8 @@ pub async fn history(
     }
 }
 
-fn storage_error(error: &confab_core::store::StoreError) -> Response {
+/// `503 storage_unavailable`, logging the cause (never shown to the client).
+pub fn storage_error(error: &confab_core::store::StoreError) -> Response {
     tracing::warn!(%error, "client API storage failure");
     error_response(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -207,8 +207,14 @@ struct OneToken;
 
 #[async_trait::async_trait]
 impl confab_http::api::TokenVerifier for OneToken {
-    async fn verify(&self, token: &str) -> Option<confab_core::BareJid> {
-        (token == "good-token").then(|| confab_core::BareJid::new("alice@localhost").expect("jid"))
+    async fn verify(&self, token: &str) -> Option<confab_core::store::TokenInfo> {
+        (token == "good-token").then(|| confab_core::store::TokenInfo {
+            owner: "alice@localhost".into(),
+            full_jid: "alice@localhost/phone".into(),
+            session: 1,
+            created_ms: 0,
+            expires_ms: i64::MAX,
+        })
     }
 }
 
