@@ -16,8 +16,9 @@ use crate::store::StoreResult;
 use async_trait::async_trait;
 use jid::BareJid;
 
-/// A message to commit. The caller chooses the server id and the stamp, because both are
-/// written into the XML the recipient sees (XEP-0359 `<stanza-id/>`) before the commit.
+/// A message to commit. The server id and the stamp are chosen before the commit, because both
+/// are written into the XML the recipient sees (XEP-0359 `<stanza-id/>`). A store commits a
+/// batch in the order given; the message log makes that the order of the server ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     /// Server-assigned unique id, time-ordered (see [`new_server_id`]). Discarded if the
@@ -246,8 +247,9 @@ pub trait ArchiveStore: Send + Sync {
     async fn purge_before(&self, cutoff_ms: i64) -> StoreResult<u64>;
 
     /// One page of an owner's archive (see [`ArchiveQuery`]): the one-to-one messages the
-    /// owner sent or received that pass every filter, ordered by server id. Server ids are
-    /// UUIDv7, so this is the order of arrival at the server. `NotFound` when `after_id` or
+    /// owner sent or received that pass every filter, ordered by server id. The message log
+    /// hands out server ids in commit order, so paging "after this id" never skips a message
+    /// committed later. `NotFound` when `after_id` or
     /// `before_id` names no message of the owner's archive (purged, foreign or made up).
     async fn query_archive(&self, query: &ArchiveQuery) -> StoreResult<ArchivePage>;
 

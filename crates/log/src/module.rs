@@ -16,7 +16,7 @@
 use crate::receipt::{self, Receipt};
 use crate::writer::{LogConfig, MessageLog};
 use async_trait::async_trait;
-use confab_core::archive::{NewMessage, direct_conversation, new_server_id};
+use confab_core::archive::{NewMessage, direct_conversation};
 use confab_core::store::{Store, StoreError};
 use confab_core::{
     Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType, StanzaKind, ns,
@@ -115,22 +115,24 @@ impl Module for LogModule {
         }
 
         let client_id = receipt::client_id(&stanza.element);
-        let server_id = new_server_id();
-        stanza
-            .element
-            .append_child(receipt::stanza_id(&server_id, recipient.as_str()));
-        let message = NewMessage {
-            server_id,
-            conversation: direct_conversation(&sender, &recipient),
-            sender: sender.as_str().to_owned(),
-            recipient: recipient.as_str().to_owned(),
-            client_id: client_id.clone(),
-            stamp_ms: chrono::Utc::now().timestamp_millis(),
-            xml: String::from(&stanza.element),
-            counts_unread: stanza.element.has_child("body", ns::CLIENT),
+        let conversation = direct_conversation(&sender, &recipient);
+        let counts_unread = stanza.element.has_child("body", ns::CLIENT);
+        let element = &mut stanza.element;
+        let build = |server_id: String| {
+            element.append_child(receipt::stanza_id(&server_id, recipient.as_str()));
+            NewMessage {
+                server_id,
+                conversation,
+                sender: sender.as_str().to_owned(),
+                recipient: recipient.as_str().to_owned(),
+                client_id: client_id.clone(),
+                stamp_ms: chrono::Utc::now().timestamp_millis(),
+                xml: String::from(&*element),
+                counts_unread,
+            }
         };
 
-        let committed = match self.log.commit(message).await {
+        let committed = match self.log.commit(build).await {
             Ok(committed) => committed,
             Err(error) => {
                 tracing::warn!(%error, %sender, "message not committed; sender told to retry");

@@ -14,6 +14,14 @@
 //! falls with batch size (about 40 µs per message at 128 and at 256 per batch, mostly index
 //! pages written to the WAL).
 //!
+//! # Order
+//! The log assigns server ids itself, in queue order ([`MessageLog::commit`]), and the
+//! writer commits the queue in order, so server id order is commit order: a reader that has
+//! seen a message has seen every message with a lower server id, and a client paging with
+//! "after this id" (XEP-0313 `after-id`, the HTTP sync feed) can never skip one that
+//! committed later with a lower id. Ids chosen by callers before queueing could not promise
+//! that: two senders can reach the queue in the other order than they took their ids.
+//!
 //! # Backpressure
 //! Requests wait in a bounded queue of [`LogConfig::queue_capacity`]. When it is full,
 //! [`MessageLog::commit`] waits for room, so a sender's session stops reading from its socket
@@ -26,8 +34,9 @@
 //!
 //! [`ArchiveStore::append`]: confab_core::archive::ArchiveStore::append
 
-use confab_core::archive::{CommitReceipt, NewMessage};
+use confab_core::archive::{CommitReceipt, NewMessage, new_server_id};
 use confab_core::store::{Store, StoreError, StoreResult};
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -82,6 +91,8 @@ struct Request {
 /// queue is drained.
 pub struct MessageLog {
     requests: mpsc::Sender<Request>,
+    /// Makes "take a server id, enqueue" atomic, so ids enter the queue in order.
+    order: Mutex<()>,
     stats: Arc<LogStats>,
     /// The retention task, stopped with the log.
     purger: Option<JoinHandle<()>>,
@@ -115,19 +126,31 @@ impl MessageLog {
             .map(|retention| tokio::spawn(purge_expired(store, retention, config.purge_interval)));
         Self {
             requests,
+            order: Mutex::new(()),
             stats,
             purger,
         }
     }
 
-    /// Commits one message and returns its receipt (the original one for a duplicate). Waits
-    /// for room in the queue when the writer is behind.
-    pub async fn commit(&self, message: NewMessage) -> Result<CommitReceipt, StoreError> {
+    /// Commits the message `build` makes around the server id the log assigns, and returns
+    /// its receipt (the original one for a duplicate). Waits for room in the queue when the
+    /// writer is behind.
+    ///
+    /// `build` runs while the log holds its ordering lock (see "Order" above), so it should
+    /// only fill in the message: the id has to be in the XML that is stored.
+    pub async fn commit(
+        &self,
+        build: impl FnOnce(String) -> NewMessage,
+    ) -> Result<CommitReceipt, StoreError> {
+        let permit = self.requests.reserve().await.map_err(|_| stopped())?;
         let (reply, outcome) = oneshot::channel();
-        self.requests
-            .send(Request { message, reply })
-            .await
-            .map_err(|_| stopped())?;
+        {
+            // Taking the id and queueing are one step for every other sender: the lock is
+            // held across no await, only across the id, `build` and a non-blocking send.
+            let _order = self.order.lock();
+            let message = build(new_server_id());
+            permit.send(Request { message, reply });
+        }
         outcome.await.map_err(|_| stopped())?
     }
 

@@ -347,3 +347,24 @@ impl TokenStore for FlakyStore {
         self.inner.revoke_all().await
     }
 }
+
+#[async_trait]
+impl confab_core::client_view::ClientViewStore for FlakyStore {
+    async fn conversations(
+        &self,
+        owner: &str,
+        after: Option<&confab_core::client_view::ConversationCursor>,
+        limit: u32,
+    ) -> StoreResult<confab_core::client_view::ConversationPage> {
+        self.inner.conversations(owner, after, limit).await
+    }
+    async fn sync(
+        &self,
+        username: &str,
+        owner: &str,
+        since: Option<&confab_core::client_view::SyncToken>,
+        limit: u32,
+    ) -> Result<confab_core::client_view::SyncFeed, confab_core::client_view::SyncError> {
+        self.inner.sync(username, owner, since, limit).await
+    }
+}

@@ -1,6 +1,6 @@
 //! The batching writer under concurrency, and its throughput.
 
-use confab_core::archive::{CommitReceipt, NewMessage, new_server_id};
+use confab_core::archive::{CommitReceipt, NewMessage};
 use confab_core::store::Store;
 use confab_log::{LogConfig, MessageLog};
 use std::collections::HashSet;
@@ -8,9 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
-/// A realistic chat message (about 250 bytes serialized) in conversation `c{conversation}`.
-fn message(conversation: usize, client_id: Option<String>) -> NewMessage {
-    let server_id = new_server_id();
+/// Builds a realistic chat message (about 250 bytes serialized) in conversation
+/// `c{conversation}` around the server id the log assigns.
+fn message(conversation: usize, client_id: Option<String>) -> impl FnOnce(String) -> NewMessage {
+    move |server_id| build(conversation, client_id, server_id)
+}
+
+fn build(conversation: usize, client_id: Option<String>, server_id: String) -> NewMessage {
     let xml = format!(
         "<message xmlns='jabber:client' type='chat' from='u{conversation}@localhost/phone' \
          to='v{conversation}@localhost'><body>The quick brown fox jumps over the lazy dog \
@@ -78,6 +82,12 @@ async fn concurrent_commits_number_every_conversation_without_gaps() {
         let n = receipts.iter().filter(|(c, _)| *c == conversation).count();
         let expected: Vec<u64> = (1..=n as u64).collect();
         assert_eq!(seqs, expected, "{key}");
+        // Server ids are taken in queue order and the queue commits in order, so the
+        // commit-time sequence and the server id agree on the order of every pair.
+        assert!(
+            history.windows(2).all(|w| w[0].server_id < w[1].server_id),
+            "{key}: server id order differs from commit order"
+        );
         // Every receipt names exactly the stored row.
         let stored: HashSet<(u64, &str)> = history
             .iter()
