@@ -1,18 +1,42 @@
-//! `chat`: P pairs of users message each other; reports sent, received, lost, duplicated,
-//! throughput, latency percentiles and (with `--pid`) server CPU per delivered message.
+//! `chat`: P pairs of users message each other; reports sent, received, acknowledged, lost,
+//! duplicated, throughput, delivery and acknowledgement latency percentiles and (with
+//! `--pid`) server CPU per delivered message.
 //!
-//! Each message body is `<seq> <micros>`: a per-direction sequence number and the send time
-//! on this process's monotonic clock (both ends are in this process, so no clock skew). At a
-//! fixed `--rate` the sender also records how late each send was against its schedule
-//! ("send lag"): if the server pushes back (full socket buffers), the lag grows, and latency
-//! measured from the actual send would hide that wait (coordinated omission), so both are
-//! reported. The stamp is not the scheduled time itself because tokio's timer wakes up to a
-//! millisecond late, which would add tool noise to every sample. With `--max`, each pair keeps
-//! at most `--inflight` messages sent but not yet received.
+//! # Stamps
+//! Every message carries, in its stanza `id` and in its body, a per-direction sequence number,
+//! the time it was *due* and the time it was written, on this process's monotonic clock (both
+//! ends are in this process, so there is no clock skew). The id is
+//! `<run nonce>-<seq>-<due µs>-<sent µs>`: fresh in every run, so a Confab server never takes a
+//! message for a resend of an earlier run's (it would drop it and repeat the old receipt).
 //!
-//! Per pair, each connection has a reader task (counts, dedups, records latency, answers
-//! pings) and a sender task writing to the other user's full JID, which works whether or not
-//! the server routes by presence (RFC 6121 §8.5.3.1).
+//! # Acknowledgements
+//! Confab commits each chat message to its archive, then sends the *sender* a commit receipt
+//! (`<ack xmlns='urn:confab:ack:0' client-id='…'/>`, docs/protocol/confab-ack.md) carrying the
+//! id the message was sent with. The reader of the sender's connection parses the id back,
+//! checks that it names a message this run sent, and records *ack latency* (due → receipt)
+//! next to *delivery latency* (due → arrival at the recipient). At the end each direction is
+//! reconciled from the sets of sequence numbers acknowledged and received ([`tally`]): a
+//! message is *lost* only if the server acknowledged it and it never arrived; one sent but
+//! never acknowledged is *unacked*, reported separately. Servers without receipts
+//! (ejabberd, Prosody) show the ack figures as "n/a" (null in JSON) and count as lost every
+//! message sent and neither received nor bounced. Whether receipts are expected is asked once
+//! with disco#info (the `urn:confab:ack:0` feature) before the clock starts.
+//!
+//! # Pacing
+//! At a fixed `--rate` the run is open-loop: each sender has a schedule (message k of sender i
+//! is due at `(k + i/n) / r` seconds, so the n senders' slots interleave evenly instead of all
+//! firing at once) and latencies count from the *due* time, so a server that pushes back
+//! makes latency grow rather than slowing the offered load (coordinated omission). After a
+//! wake-up, every message already due goes out in one write, each with its own due time, so
+//! the achieved rate holds even when the tool or the server stalls. tokio's timer wakes up
+//! to a millisecond late, so latency from the due time has a floor of about that much; the
+//! report therefore also gives the *send lag* (due → written) and both latencies measured from
+//! the actual write, which show what the server alone added. With `--max`, each pair keeps at
+//! most `--inflight` messages sent but not yet received, and due = written.
+//!
+//! Per pair, each connection has a reader task (counts, dedups, records latency, matches
+//! receipts, answers pings) and a sender task writing to the other user's full JID, which
+//! works whether or not the server routes by presence (RFC 6121 §8.5.3.1).
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -22,7 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Mutex, Semaphore, watch};
 
@@ -32,31 +56,267 @@ use crate::transport::Stream;
 use crate::xml::{self, Scanner};
 use crate::{ChatArgs, logins, sasl};
 
+/// Confab's commit receipt namespace.
+const ACK_NS: &str = "urn:confab:ack:0";
+
 /// Microseconds since this process's clock origin.
 fn now_us() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     ORIGIN.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
-/// Counters one pair's tasks share.
+/// Counters one pair's tasks share. Index 0 is the first user's direction (to the second),
+/// 1 the way back.
 struct Pair {
-    /// With `--max`: free slots of the pair's window; a receipt gives one back.
+    /// With `--max`: free slots of the pair's window; a delivery gives one back.
     window: Semaphore,
-    /// Messages sent, per direction (0: first user to second, 1: back).
+    /// Sequence numbers handed out, per direction: set before the write, so a message or
+    /// receipt naming a sequence number at or above it was never sent.
+    issued: [AtomicU64; 2],
+    /// Messages written, per direction.
     sent: [AtomicU64; 2],
-    /// Distinct messages received (or bounced with an error), per direction.
+    /// Distinct messages received or bounced with an error, per direction.
     settled: [AtomicU64; 2],
+    /// Distinct messages acknowledged or bounced, per direction.
+    answered: [AtomicU64; 2],
 }
 
-/// What a reader saw.
-struct ReaderStats {
-    hist: Histogram<u64>,
+impl Pair {
+    fn new(window: usize) -> Self {
+        let zero = || [AtomicU64::new(0), AtomicU64::new(0)];
+        Self {
+            window: Semaphore::new(window),
+            issued: zero(),
+            sent: zero(),
+            settled: zero(),
+            answered: zero(),
+        }
+    }
+}
+
+/// What a message carries about itself (in its id and its body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    /// Per-direction sequence number, from 0.
+    seq: u64,
+    /// When the message was due, in [`now_us`] time (with `--max`: when it was written).
+    due_us: u64,
+    /// When it was written, in [`now_us`] time.
+    sent_us: u64,
+}
+
+/// Writes the stanza id of the message `stamp` describes: `<nonce>-<seq>-<due>-<sent>`.
+fn push_id(out: &mut Vec<u8>, nonce: &str, stamp: Stamp) {
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "{nonce}-{}-{}-{}",
+        stamp.seq, stamp.due_us, stamp.sent_us
+    );
+}
+
+/// Reads a stanza id written by [`push_id`] with this run's `nonce`.
+fn parse_id(id: &[u8], nonce: &str) -> Option<Stamp> {
+    let text = std::str::from_utf8(id).ok()?;
+    let mut parts = text.split('-');
+    if parts.next()? != nonce {
+        return None;
+    }
+    let mut number = || parts.next()?.parse::<u64>().ok();
+    let stamp = Stamp {
+        seq: number()?,
+        due_us: number()?,
+        sent_us: number()?,
+    };
+    parts.next().is_none().then_some(stamp)
+}
+
+/// Writes one message: `<message to=… type='chat' id=…><body>seq due sent</body></message>`.
+fn push_message(out: &mut Vec<u8>, to: &str, nonce: &str, stamp: Stamp) {
+    use std::io::Write as _;
+    let _ = write!(out, "<message to='{to}' type='chat' id='");
+    push_id(out, nonce, stamp);
+    let _ = write!(
+        out,
+        "'><body>{} {} {}</body></message>",
+        stamp.seq, stamp.due_us, stamp.sent_us
+    );
+}
+
+/// Parses a body `"<seq> <due> <sent>"` (or `"<seq> <stamp>"`, due = sent).
+fn parse_body(body: &[u8]) -> Option<Stamp> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut parts = text.split_ascii_whitespace();
+    let seq = parts.next()?.parse().ok()?;
+    let due_us = parts.next()?.parse().ok()?;
+    let sent_us = match parts.next() {
+        Some(sent) => sent.parse().ok()?,
+        None => due_us,
+    };
+    parts.next().is_none().then_some(Stamp {
+        seq,
+        due_us,
+        sent_us,
+    })
+}
+
+/// A commit receipt, as far as this run is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Receipt {
+    /// It names a message of this run.
+    Ours(Stamp),
+    /// It does not; the text says why.
+    Unmatched(&'static str),
+}
+
+/// The receipt `element` carries, if it is a `urn:confab:ack:0` receipt at all.
+fn receipt(element: &[u8], nonce: &str) -> Option<Receipt> {
+    let ack = xml::child(element, "ack")?;
+    if xml::attr(ack, "xmlns") != Some(ACK_NS.as_bytes()) {
+        return None;
+    }
+    Some(match xml::attr(ack, "client-id") {
+        None => Receipt::Unmatched("receipt without client-id"),
+        Some(id) => match parse_id(id, nonce) {
+            Some(stamp) => Receipt::Ours(stamp),
+            None => Receipt::Unmatched("receipt for a client id this run did not send"),
+        },
+    })
+}
+
+/// A set of per-direction sequence numbers (a bitmap: they are dense from 0).
+#[derive(Debug, Default, Clone)]
+struct SeqSet {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl SeqSet {
+    /// Adds `seq`; false if it was already there.
+    fn insert(&mut self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
+        }
+        if self.words[word] & (1 << bit) != 0 {
+            return false;
+        }
+        self.words[word] |= 1 << bit;
+        self.len += 1;
+        true
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// How many members are not in `other`.
+    fn count_not_in(&self, other: &SeqSet) -> u64 {
+        self.words
+            .iter()
+            .enumerate()
+            .map(|(i, word)| (word & !other.words.get(i).copied().unwrap_or(0)).count_ones() as u64)
+            .sum()
+    }
+}
+
+/// What became of one direction's messages (or, summed, of a run's).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    sent: u64,
     received: u64,
+    bounced: u64,
+    /// Distinct messages acknowledged (0 without receipts).
+    acked: u64,
+    /// Sent, neither acknowledged nor bounced. Only meaningful with receipts.
+    unacked: u64,
+    /// With receipts: acknowledged and never received. Without: sent and neither received
+    /// nor bounced.
+    lost: u64,
+    /// Received without a receipt (with receipts: delivered before the drain ended but
+    /// never acknowledged).
+    received_unacked: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Self) {
+        self.sent += other.sent;
+        self.received += other.received;
+        self.bounced += other.bounced;
+        self.acked += other.acked;
+        self.unacked += other.unacked;
+        self.lost += other.lost;
+        self.received_unacked += other.received_unacked;
+    }
+}
+
+/// Reconciles one direction: `sent` messages, the sequence numbers `received` by the
+/// recipient and `acked` by the server (`None` when the server sends no receipts), and
+/// `bounced` error replies.
+fn tally(sent: u64, received: &SeqSet, acked: Option<&SeqSet>, bounced: u64) -> Tally {
+    let mut tally = Tally {
+        sent,
+        received: received.len(),
+        bounced,
+        ..Tally::default()
+    };
+    match acked {
+        Some(acked) => {
+            tally.acked = acked.len();
+            tally.unacked = sent.saturating_sub(acked.len() + bounced);
+            tally.lost = acked.count_not_in(received);
+            tally.received_unacked = received.count_not_in(acked);
+        }
+        None => {
+            tally.lost = sent.saturating_sub(received.len() + bounced);
+            tally.received_unacked = received.len();
+        }
+    }
+    tally
+}
+
+/// When message `seq` of sender `index` (of `senders`, each sending `rate` msgs/s) is due,
+/// after the run's start. The senders' phases are spread over one interval, so the offered
+/// load is evenly spaced instead of a burst of one message per sender every interval.
+fn due_offset(seq: u64, rate: f64, index: usize, senders: usize) -> Duration {
+    let phase = index as f64 / senders.max(1) as f64;
+    Duration::from_secs_f64((seq as f64 + phase) / rate)
+}
+
+/// `count` events per second between `start_us` and `end_us`, over at least `min_s` seconds
+/// (the run's nominal length, so a short burst at the start does not inflate the rate).
+fn per_second(count: u64, start_us: u64, end_us: u64, min_s: f64) -> f64 {
+    let span = (end_us.saturating_sub(start_us) as f64 / 1e6).max(min_s);
+    if span <= 0.0 {
+        return 0.0;
+    }
+    count as f64 / span
+}
+
+/// What a reader saw: messages of its direction arriving, and receipts and bounces for the
+/// other direction (sent from the same connection).
+struct ReaderStats {
+    /// Delivery latency from the due time.
+    delivery: Histogram<u64>,
+    /// Delivery latency from the write (fixed rate only).
+    delivery_from_send: Option<Histogram<u64>>,
+    /// Acknowledgement latency from the due time.
+    ack: Histogram<u64>,
+    /// Acknowledgement latency from the write (fixed rate only).
+    ack_from_send: Option<Histogram<u64>>,
+    /// Sequence numbers received (this reader's direction).
+    received: SeqSet,
     duplicates: u64,
+    /// Sequence numbers acknowledged (the other direction).
+    acked: SeqSet,
+    ack_duplicates: u64,
+    /// Error replies to the other direction's messages.
+    bounced: u64,
     /// Bounces and unexpected stanzas, by reason.
     errors: Failures,
-    /// When the last message arrived, in [`now_us`] time.
+    /// When the last message and the last receipt arrived, in [`now_us`] time.
     last_us: u64,
+    last_ack_us: u64,
     /// Why the connection ended before we stopped it, if it did.
     dropped: Option<String>,
 }
@@ -65,6 +325,9 @@ type Writer = Arc<Mutex<WriteHalf<Stream>>>;
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let common = &args.common;
+    if !args.max && (args.rate <= 0.0 || !args.rate.is_finite()) {
+        bail!("--rate must be a positive number (or use --max)");
+    }
     let config = Arc::new(common.client_config(!args.no_presence)?);
     let users: Vec<u64> = (0..args.pairs * 2).map(|n| common.first + n).collect();
     let total = users.len() as u64;
@@ -105,68 +368,85 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         bail!("no pair could log in");
     }
     let pairs = ready.len();
+    let advertised = match advertises_acks(&mut ready[0].0, &common.domain).await {
+        Ok(advertised) => Some(advertised),
+        Err(reason) => {
+            eprintln!("note: disco#info failed ({reason}); expecting receipts only if any arrive");
+            None
+        }
+    };
     // Let presence echoes and any post-login traffic settle before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let nonce: Arc<str> = format!("{:08x}", rand::random::<u32>()).into();
     let (stop_tx, stop_rx) = watch::channel(false);
     let duration = Duration::from_secs_f64(args.duration.max(0.0));
     let window = if args.max { args.inflight.max(1) } else { 0 };
+    let senders_n = pairs * 2;
+    let per_direction = args.rate / 2.0;
     let meter = CpuMeter::start(common.pid);
+    // One origin for every sender's schedule, on both clocks.
+    let start = tokio::time::Instant::now();
     let start_us = now_us();
-    let deadline = tokio::time::Instant::now() + duration;
+    let deadline = start + duration;
     let mut readers = Vec::new();
     let mut senders = Vec::new();
     let mut shared = Vec::new();
-    for (a, b) in ready {
-        let pair = Arc::new(Pair {
-            window: Semaphore::new(window),
-            sent: [AtomicU64::new(0), AtomicU64::new(0)],
-            settled: [AtomicU64::new(0), AtomicU64::new(0)],
-        });
+    for (i, (a, b)) in ready.into_iter().enumerate() {
+        let pair = Arc::new(Pair::new(window));
         shared.push(pair.clone());
         let (a_jid, b_jid) = (a.jid.clone(), b.jid.clone());
         let (a_in, a_wr) = split(a);
         let (b_in, b_wr) = split(b);
-        // Direction 0 arrives at b, direction 1 at a.
-        readers.push(tokio::spawn(reader(
-            b_in,
-            b_wr.clone(),
-            pair.clone(),
-            0,
-            stop_rx.clone(),
-        )));
-        readers.push(tokio::spawn(reader(
-            a_in,
-            a_wr.clone(),
-            pair.clone(),
-            1,
-            stop_rx.clone(),
-        )));
-        let per_direction = args.rate / 2.0;
-        let mode = if args.max {
-            Mode::Window
-        } else {
-            Mode::Rate(per_direction)
-        };
-        senders.push(tokio::spawn(sender(
-            a_wr,
-            b_jid,
-            pair.clone(),
-            0,
-            mode,
-            deadline,
-        )));
-        senders.push(tokio::spawn(sender(b_wr, a_jid, pair, 1, mode, deadline)));
+        // Direction 0 arrives at b (whose connection also gets direction 1's receipts),
+        // direction 1 at a.
+        for (inbound, writer, direction) in [(b_in, b_wr.clone(), 0), (a_in, a_wr.clone(), 1)] {
+            readers.push(tokio::spawn(reader(
+                inbound,
+                writer,
+                pair.clone(),
+                direction,
+                nonce.clone(),
+                !args.max,
+                stop_rx.clone(),
+            )));
+        }
+        for (writer, to, direction) in [(a_wr, b_jid, 0), (b_wr, a_jid, 1)] {
+            let mode = if args.max {
+                Mode::Window
+            } else {
+                Mode::Rate {
+                    rate: per_direction,
+                    index: 2 * i + direction,
+                    senders: senders_n,
+                }
+            };
+            senders.push(tokio::spawn(sender(
+                writer,
+                Plan {
+                    to: xml::escape(&to),
+                    nonce: nonce.clone(),
+                    pair: pair.clone(),
+                    direction,
+                    mode,
+                    start,
+                    start_us,
+                    deadline,
+                },
+            )));
+        }
     }
     eprintln!("chat: {pairs} pairs sending for {} s", args.duration);
 
     let mut send_errors = Failures::new();
     let mut lag = report::histogram();
+    let mut send_end_us = start_us;
     for handle in senders {
         match handle.await {
-            Ok((hist, error)) => {
-                lag.add(&hist).expect("same histogram bounds");
-                if let Some(reason) = error {
+            Ok(outcome) => {
+                lag.add(&outcome.lag).expect("same histogram bounds");
+                send_end_us = send_end_us.max(outcome.end_us);
+                if let Some(reason) = outcome.error {
                     *send_errors.entry(reason).or_default() += 1;
                 }
             }
@@ -177,58 +457,120 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let sent_total = || -> u64 {
+    let sum = |field: fn(&Pair) -> &[AtomicU64; 2]| -> u64 {
         shared
             .iter()
-            .map(|p| p.sent[0].load(Ordering::Relaxed) + p.sent[1].load(Ordering::Relaxed))
+            .map(|p| {
+                field(p)
+                    .iter()
+                    .map(|n| n.load(Ordering::Relaxed))
+                    .sum::<u64>()
+            })
             .sum()
     };
-    let settled_total = || -> u64 {
-        shared
-            .iter()
-            .map(|p| p.settled[0].load(Ordering::Relaxed) + p.settled[1].load(Ordering::Relaxed))
-            .sum()
-    };
-    let grace_end = Instant::now() + Duration::from_secs_f64(args.grace.max(0.0));
-    while settled_total() < sent_total() && Instant::now() < grace_end {
+    // Drain: wait for every message to arrive and, when the server sends receipts, to be
+    // acknowledged, as long as the server makes progress: a server behind the offered load
+    // is drained completely, and only what has not moved for --grace seconds is missing.
+    let drain_start = Instant::now();
+    let idle_limit = Duration::from_secs_f64(args.grace.max(0.0));
+    let (mut progress, mut last_progress) = (u64::MAX, Instant::now());
+    let drained = loop {
+        let sent = sum(|p| &p.sent);
+        let settled = sum(|p| &p.settled);
+        let answered = sum(|p| &p.answered);
+        let acks_expected = advertised == Some(true) || answered > 0;
+        if settled >= sent && (!acks_expected || answered >= sent) {
+            break true;
+        }
+        if settled + answered != progress {
+            (progress, last_progress) = (settled + answered, Instant::now());
+        } else if last_progress.elapsed() >= idle_limit {
+            break false;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
+    let drain_s = drain_start.elapsed().as_secs_f64();
     let cpu = meter.stop();
     let _ = stop_tx.send(true);
 
-    let mut hist = report::histogram();
-    let (mut received, mut duplicates, mut last_us) = (0u64, 0u64, start_us);
-    let mut errors = Failures::new();
+    // Reader 2i sees direction 0 of pair i arrive and direction 1's receipts; 2i+1 the reverse.
+    let mut stats = Vec::new();
     let mut drops = Failures::new();
     for handle in readers {
         match handle.await {
-            Ok(stats) => {
-                hist.add(&stats.hist).expect("same histogram bounds");
-                received += stats.received;
-                duplicates += stats.duplicates;
-                last_us = last_us.max(stats.last_us);
-                for (reason, n) in stats.errors {
-                    *errors.entry(reason).or_default() += n;
-                }
-                if let Some(reason) = stats.dropped {
-                    *drops.entry(reason).or_default() += 1;
-                }
+            Ok(reader) => stats.push(Some(reader)),
+            Err(error) => {
+                *drops.entry(format!("reader failed: {error}")).or_default() += 1;
+                stats.push(None);
             }
-            Err(error) => *drops.entry(format!("reader failed: {error}")).or_default() += 1,
         }
     }
-    let sent = sent_total();
-    let bounced: u64 = errors.values().sum();
-    let lost = sent.saturating_sub(received + bounced);
-    // Over the sending time, or until the last delivery if the server fell behind.
-    let active_s = ((last_us.saturating_sub(start_us)) as f64 / 1e6).max(args.duration);
-    let throughput = received as f64 / active_s.max(1e-9);
+    let mut delivery = report::histogram();
+    let mut delivery_from_send = report::histogram();
+    let mut ack = report::histogram();
+    let mut ack_from_send = report::histogram();
+    let (mut duplicates, mut ack_duplicates) = (0u64, 0u64);
+    let (mut last_us, mut last_ack_us) = (start_us, start_us);
+    let mut errors = Failures::new();
+    for reader in stats.iter().flatten() {
+        delivery.add(&reader.delivery).expect("same bounds");
+        ack.add(&reader.ack).expect("same bounds");
+        if let Some(hist) = &reader.delivery_from_send {
+            delivery_from_send.add(hist).expect("same bounds");
+        }
+        if let Some(hist) = &reader.ack_from_send {
+            ack_from_send.add(hist).expect("same bounds");
+        }
+        duplicates += reader.duplicates;
+        ack_duplicates += reader.ack_duplicates;
+        last_us = last_us.max(reader.last_us);
+        last_ack_us = last_ack_us.max(reader.last_ack_us);
+        for (reason, n) in &reader.errors {
+            *errors.entry(reason.clone()).or_default() += n;
+        }
+        if let Some(reason) = &reader.dropped {
+            *drops.entry(reason.clone()).or_default() += 1;
+        }
+    }
+    let any_ack = stats.iter().flatten().any(|r| r.acked.len() > 0);
+    let with_acks = advertised == Some(true) || any_ack;
+    let mut totals = Tally::default();
+    let empty = SeqSet::default();
+    for (i, pair) in shared.iter().enumerate() {
+        for direction in 0..2 {
+            let arrived = stats[2 * i + direction].as_ref();
+            let answered = stats[2 * i + 1 - direction].as_ref();
+            totals += tally(
+                pair.sent[direction].load(Ordering::Relaxed),
+                arrived.map_or(&empty, |r| &r.received),
+                with_acks.then(|| answered.map_or(&empty, |r| &r.acked)),
+                answered.map_or(0, |r| r.bounced),
+            );
+        }
+    }
+    let Tally {
+        sent,
+        received,
+        bounced,
+        acked,
+        unacked,
+        lost,
+        received_unacked,
+    } = totals;
+
+    let offered = (!args.max).then_some(args.rate * pairs as f64);
+    let sent_rate = per_second(sent, start_us, send_end_us, args.duration);
+    // Over the sending time, or until the last arrival if the server fell behind.
+    let throughput = per_second(received, start_us, last_us, args.duration);
+    let acked_rate = with_acks.then(|| per_second(acked, start_us, last_ack_us, args.duration));
     let (computed, cached) = sasl::cache_stats();
     let cpu_json = cpu.json();
     let server_us_per_msg = cpu
         .server
         .filter(|_| received > 0)
         .map(|s| report::round3(s * 1e6 / received as f64));
+    let ack_only = |value: Value| if with_acks { value } else { Value::Null };
+    let rate_only = |hist: &Histogram<u64>| (!args.max).then(|| report::summary(hist));
     let result = json!({
         "scenario": "chat",
         "server": common.server,
@@ -241,18 +583,30 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         "rate_per_pair": (!args.max).then_some(args.rate),
         "inflight_per_pair": args.max.then_some(window),
         "duration_s": args.duration,
+        "drain_s": report::round3(drain_s),
+        "drained": drained,
+        "acks_advertised": advertised,
         "sent": sent,
         "received": received,
+        "acked": ack_only(json!(acked)),
+        "unacked": ack_only(json!(unacked)),
+        "received_unacked": ack_only(json!(received_unacked)),
+        "ack_duplicates": ack_only(json!(ack_duplicates)),
         "lost": lost,
         "duplicated": duplicates,
         "bounced": bounced,
         "bounce_reasons": errors,
         "send_errors": send_errors,
         "drops": drops,
+        "offered_per_s": offered.map(report::round3),
+        "sent_per_s": report::round3(sent_rate),
         "throughput_per_s": report::round3(throughput),
-        "offered_per_s": report::round3(sent as f64 / args.duration.max(1e-9)),
-        "latency": report::summary(&hist),
-        "send_lag": (!args.max).then(|| report::summary(&lag)),
+        "acked_per_s": acked_rate.map(report::round3),
+        "latency": report::summary(&delivery),
+        "latency_from_send": rate_only(&delivery_from_send),
+        "ack_latency": ack_only(report::summary(&ack)),
+        "ack_latency_from_send": ack_only(json!(rate_only(&ack_from_send))),
+        "send_lag": rate_only(&lag),
         "cpu": cpu_json,
         "server_cpu_us_per_msg": server_us_per_msg,
         "pbkdf2_computed": computed,
@@ -268,26 +622,111 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         },
         args.duration
     );
-    println!("sent            {sent}");
+    let na = |shown: String| if with_acks { shown } else { "n/a".to_owned() };
+    println!(
+        "receipts        {}",
+        match (advertised, any_ack) {
+            (Some(true), _) => "urn:confab:ack:0 advertised",
+            (_, true) => "urn:confab:ack:0 received (not advertised)",
+            (Some(false), false) => "none (server does not advertise urn:confab:ack:0)",
+            (None, false) => "none (disco#info failed)",
+        }
+    );
+    match offered {
+        Some(offered) => println!(
+            "sent            {sent}   ({sent_rate:.0} msgs/s achieved, {offered:.0} offered, {:.2}%)",
+            sent_rate / offered * 100.0
+        ),
+        None => println!("sent            {sent}   ({sent_rate:.0} msgs/s)"),
+    }
+    println!(
+        "acked           {}",
+        na(format!(
+            "{acked}   ({:.0} msgs/s)",
+            acked_rate.unwrap_or(0.0)
+        ))
+    );
     println!("received        {received}   ({throughput:.0} msgs/s)");
-    println!("lost            {lost}");
+    println!("unacked         {}", na(unacked.to_string()));
+    println!(
+        "lost            {lost}{}",
+        if with_acks {
+            "   (acknowledged, never received)"
+        } else {
+            "   (sent, neither received nor bounced)"
+        }
+    );
+    if with_acks && received_unacked > 0 {
+        println!("received, unacked {received_unacked}");
+    }
     println!("duplicated      {duplicates}");
+    println!(
+        "drain           {drain_s:.2} s after sending{}",
+        if drained {
+            ""
+        } else {
+            " (stopped: no progress for --grace)"
+        }
+    );
+    if with_acks && ack_duplicates > 0 {
+        println!("ack duplicates  {ack_duplicates}");
+    }
     if bounced > 0 {
         println!("bounced         {bounced}");
     }
-    println!("latency         {}", report::summary_line(&hist));
+    let since = if args.max { "" } else { " (from due time)" };
+    println!("delivery{since}  {}", report::summary_line(&delivery));
+    println!("ack{since}       {}", na(report::summary_line(&ack)));
     if !args.max {
+        println!(
+            "delivery (from write)   {}",
+            report::summary_line(&delivery_from_send)
+        );
+        println!(
+            "ack (from write)        {}",
+            na(report::summary_line(&ack_from_send))
+        );
         println!("send lag        {}", report::summary_line(&lag));
     }
     println!("cpu             {}", cpu.line());
     if let Some(us) = server_us_per_msg {
         println!("server cpu      {us:.1} µs per delivered message");
     }
-    report::print_failures("bounces", &errors);
+    report::print_failures("bounces and unexpected stanzas", &errors);
     report::print_failures("send errors", &send_errors);
     report::print_failures("connections lost", &drops);
     println!("{result}");
     Ok(())
+}
+
+/// Asks the server's disco#info whether it sends `urn:confab:ack:0` receipts.
+async fn advertises_acks(session: &mut Session, domain: &str) -> Result<bool, String> {
+    const ID: &str = "bench-disco-ack";
+    let query = format!(
+        "<iq type='get' id='{ID}' to='{}'>\
+         <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        xml::escape(domain)
+    );
+    let conn = &mut session.conn;
+    let ask = async {
+        conn.send(query.as_bytes()).await?;
+        loop {
+            let element = conn.element().await?;
+            if conn.answer_ping(&element).await? {
+                continue;
+            }
+            if xml::tag_name(&element) == b"iq" && xml::attr(&element, "id") == Some(ID.as_bytes())
+            {
+                let found = xml::attr(&element, "type") == Some(b"result")
+                    && xml::find(&element, ACK_NS.as_bytes()).is_some();
+                return Ok(found);
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), ask).await {
+        Ok(result) => result.map_err(|failure: crate::client::Failure| failure.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
 }
 
 /// Splits a session into its read half (with what is already buffered) and a shared writer.
@@ -313,65 +752,102 @@ struct Inbound {
 
 #[derive(Debug, Clone, Copy)]
 enum Mode {
-    /// Messages per second in this direction.
-    Rate(f64),
+    /// Sender `index` of `senders`, at `rate` messages per second.
+    Rate {
+        rate: f64,
+        index: usize,
+        senders: usize,
+    },
     /// As fast as the pair's window allows.
     Window,
 }
 
-/// Most messages one write carries when the window has several free slots.
+/// Most messages one write carries.
 const MAX_BATCH: usize = 32;
 
-/// Sends messages to `to` until `deadline`; returns how late sends were against the
-/// schedule (at a fixed rate) and why sending stopped early, if it did.
-async fn sender(
-    writer: Writer,
+/// What one sender does.
+struct Plan {
+    /// The recipient's full JID, escaped.
     to: String,
+    nonce: Arc<str>,
     pair: Arc<Pair>,
     direction: usize,
     mode: Mode,
+    /// The run's start, on tokio's clock and on [`now_us`]'s.
+    start: tokio::time::Instant,
+    start_us: u64,
     deadline: tokio::time::Instant,
-) -> (Histogram<u64>, Option<String>) {
-    let mut lag = report::histogram();
-    let error = send_until(writer, to, pair, direction, mode, deadline, &mut lag).await;
-    (lag, error.err())
 }
 
-async fn send_until(
-    writer: Writer,
-    to: String,
-    pair: Arc<Pair>,
-    direction: usize,
-    mode: Mode,
-    deadline: tokio::time::Instant,
-    lag: &mut Histogram<u64>,
-) -> Result<(), String> {
-    let prefix = format!("<message to='{}' type='chat'><body>", xml::escape(&to));
-    const SUFFIX: &str = "</body></message>";
-    let mut out = Vec::with_capacity(MAX_BATCH * (prefix.len() + 48));
+/// What a sender reports.
+struct SendOutcome {
+    /// How late each write was against the schedule (fixed rate only).
+    lag: Histogram<u64>,
+    /// When it stopped, in [`now_us`] time.
+    end_us: u64,
+    /// Why it stopped early, if it did.
+    error: Option<String>,
+}
+
+/// Sends messages until the deadline.
+async fn sender(writer: Writer, plan: Plan) -> SendOutcome {
+    let mut lag = report::histogram();
+    let error = send_until(writer, &plan, &mut lag).await.err();
+    SendOutcome {
+        lag,
+        end_us: now_us(),
+        error,
+    }
+}
+
+async fn send_until(writer: Writer, plan: &Plan, lag: &mut Histogram<u64>) -> Result<(), String> {
+    let Plan {
+        to,
+        nonce,
+        pair,
+        direction,
+        mode,
+        start,
+        start_us,
+        deadline,
+    } = plan;
+    let mut out = Vec::with_capacity(MAX_BATCH * (to.len() + 120));
     let mut seq = 0u64;
-    let start = tokio::time::Instant::now();
-    let start_us = now_us();
     loop {
         out.clear();
-        match mode {
-            Mode::Rate(rate) => {
-                let due_offset = Duration::from_secs_f64(seq as f64 / rate);
-                let due = start + due_offset;
-                if due >= deadline {
+        match *mode {
+            Mode::Rate {
+                rate,
+                index,
+                senders,
+            } => {
+                let due = *start + due_offset(seq, rate, index, senders);
+                if due >= *deadline {
                     return Ok(());
                 }
                 tokio::time::sleep_until(due).await;
-                let stamp = now_us();
-                let scheduled = start_us + due_offset.as_micros() as u64;
-                report::record(lag, stamp.saturating_sub(scheduled));
-                push_message(&mut out, &prefix, seq, stamp, SUFFIX);
-                seq += 1;
+                let now = now_us();
+                // Everything due by now goes in this write, each with its own due time.
+                for batch in 0..MAX_BATCH {
+                    let offset = due_offset(seq, rate, index, senders);
+                    let due_us = start_us + offset.as_micros() as u64;
+                    if batch > 0 && (due_us > now || *start + offset >= *deadline) {
+                        break;
+                    }
+                    report::record(lag, now.saturating_sub(due_us));
+                    let stamp = Stamp {
+                        seq,
+                        due_us,
+                        sent_us: now,
+                    };
+                    push_message(&mut out, to, nonce, stamp);
+                    seq += 1;
+                }
             }
             Mode::Window => {
                 let permit = tokio::select! {
                     permit = pair.window.acquire() => permit,
-                    _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                    _ = tokio::time::sleep_until(*deadline) => return Ok(()),
                 };
                 let Ok(permit) = permit else { return Ok(()) };
                 permit.forget();
@@ -383,41 +859,50 @@ async fn send_until(
                     }
                     batch += 1;
                 }
-                let stamp = now_us();
+                let now = now_us();
                 for _ in 0..batch {
-                    push_message(&mut out, &prefix, seq, stamp, SUFFIX);
+                    let stamp = Stamp {
+                        seq,
+                        due_us: now,
+                        sent_us: now,
+                    };
+                    push_message(&mut out, to, nonce, stamp);
                     seq += 1;
                 }
             }
         }
+        pair.issued[*direction].store(seq, Ordering::Release);
         if let Err(error) = writer.lock().await.write_all(&out).await {
             return Err(format!("write: {error}"));
         }
-        pair.sent[direction].store(seq, Ordering::Relaxed);
+        pair.sent[*direction].store(seq, Ordering::Relaxed);
     }
 }
 
-fn push_message(out: &mut Vec<u8>, prefix: &str, seq: u64, stamp: u64, suffix: &str) {
-    use std::io::Write as _;
-    out.extend_from_slice(prefix.as_bytes());
-    let _ = write!(out, "{seq} {stamp}");
-    out.extend_from_slice(suffix.as_bytes());
-}
-
-/// Reads one connection until stopped: records each message of `direction`.
+/// Reads one connection until stopped: records each message of `direction` and each
+/// receipt or bounce for the other direction.
 async fn reader(
     inbound: Inbound,
     writer: Writer,
     pair: Arc<Pair>,
     direction: usize,
+    nonce: Arc<str>,
+    from_send: bool,
     mut stop: watch::Receiver<bool>,
 ) -> ReaderStats {
     let mut stats = ReaderStats {
-        hist: report::histogram(),
-        received: 0,
+        delivery: report::histogram(),
+        delivery_from_send: from_send.then(report::histogram),
+        ack: report::histogram(),
+        ack_from_send: from_send.then(report::histogram),
+        received: SeqSet::default(),
         duplicates: 0,
+        acked: SeqSet::default(),
+        ack_duplicates: 0,
+        bounced: 0,
         errors: Failures::new(),
         last_us: 0,
+        last_ack_us: 0,
         dropped: None,
     };
     let Inbound {
@@ -425,7 +910,10 @@ async fn reader(
         mut buf,
         mut scanner,
     } = inbound;
-    let mut seen: Vec<u64> = Vec::new();
+    let other = 1 - direction;
+    let unexpected = |stats: &mut ReaderStats, reason: &str| {
+        *stats.errors.entry(reason.to_owned()).or_default() += 1;
+    };
     loop {
         let element = tokio::select! {
             _ = stop.changed() => break,
@@ -454,29 +942,49 @@ async fn reader(
                 .entry(format!("bounced: {}", xml::error_reason(&element)))
                 .or_default() += 1;
             // The bounce went back to the sender's connection: it settles the other way.
-            settle(&pair, 1 - direction);
+            stats.bounced += 1;
+            pair.answered[other].fetch_add(1, Ordering::Relaxed);
+            settle(&pair, other);
             continue;
         }
-        let Some((seq, stamp)) = xml::child_text(&element, "body").and_then(parse_body) else {
-            *stats
-                .errors
-                .entry("message without a bench body".to_owned())
-                .or_default() += 1;
+        if let Some(receipt) = receipt(&element, &nonce) {
+            let now = now_us();
+            match receipt {
+                Receipt::Ours(stamp) if stamp.seq < pair.issued[other].load(Ordering::Acquire) => {
+                    if !stats.acked.insert(stamp.seq) {
+                        stats.ack_duplicates += 1;
+                        continue;
+                    }
+                    stats.last_ack_us = now;
+                    report::record(&mut stats.ack, now.saturating_sub(stamp.due_us));
+                    if let Some(hist) = &mut stats.ack_from_send {
+                        report::record(hist, now.saturating_sub(stamp.sent_us));
+                    }
+                    pair.answered[other].fetch_add(1, Ordering::Relaxed);
+                }
+                Receipt::Ours(_) => unexpected(&mut stats, "receipt for a message never sent"),
+                Receipt::Unmatched(reason) => unexpected(&mut stats, reason),
+            }
+            continue;
+        }
+        let Some(stamp) = xml::child_text(&element, "body").and_then(parse_body) else {
+            unexpected(&mut stats, "message without a bench body");
             continue;
         };
-        let now = now_us();
-        let (word, bit) = ((seq / 64) as usize, seq % 64);
-        if seen.len() <= word {
-            seen.resize(word + 1, 0);
+        if stamp.seq >= pair.issued[direction].load(Ordering::Acquire) {
+            unexpected(&mut stats, "message with a sequence number never sent");
+            continue;
         }
-        if seen[word] & (1 << bit) != 0 {
+        let now = now_us();
+        if !stats.received.insert(stamp.seq) {
             stats.duplicates += 1;
             continue;
         }
-        seen[word] |= 1 << bit;
-        stats.received += 1;
         stats.last_us = now;
-        report::record(&mut stats.hist, now.saturating_sub(stamp));
+        report::record(&mut stats.delivery, now.saturating_sub(stamp.due_us));
+        if let Some(hist) = &mut stats.delivery_from_send {
+            report::record(hist, now.saturating_sub(stamp.sent_us));
+        }
         settle(&pair, direction);
     }
     stats
@@ -488,30 +996,195 @@ fn settle(pair: &Pair, direction: usize) {
     pair.window.add_permits(1);
 }
 
-/// Parses a body `"<seq> <micros>"`.
-fn parse_body(body: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(body).ok()?;
-    let (seq, stamp) = text.trim().split_once(' ')?;
-    Some((seq.parse().ok()?, stamp.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NONCE: &str = "0badcafe";
+
     #[test]
-    fn bodies_round_trip() {
+    fn messages_carry_their_stamp_in_id_and_body() {
+        let stamp = Stamp {
+            seq: 42,
+            due_us: 1234,
+            sent_us: 1300,
+        };
         let mut out = Vec::new();
-        push_message(
-            &mut out,
-            "<message to='b'><body>",
-            42,
-            1234,
-            "</body></message>",
+        push_message(&mut out, "b@x/r", NONCE, stamp);
+        assert_eq!(
+            out,
+            b"<message to='b@x/r' type='chat' id='0badcafe-42-1234-1300'>\
+              <body>42 1234 1300</body></message>"
+                .as_slice()
         );
-        assert_eq!(out, b"<message to='b'><body>42 1234</body></message>");
         let body = xml::child_text(&out, "body").expect("body");
-        assert_eq!(parse_body(body), Some((42, 1234)));
+        assert_eq!(parse_body(body), Some(stamp));
+        let id = xml::attr(&out, "id").expect("id");
+        assert_eq!(parse_id(id, NONCE), Some(stamp));
+        // The earlier two-field body: due = sent.
+        assert_eq!(
+            parse_body(b"7 99"),
+            Some(Stamp {
+                seq: 7,
+                due_us: 99,
+                sent_us: 99
+            })
+        );
         assert_eq!(parse_body(b"hello"), None);
+        assert_eq!(parse_body(b"1 2 3 4"), None);
+    }
+
+    #[test]
+    fn ids_of_other_runs_or_shapes_do_not_match() {
+        assert_eq!(parse_id(b"deadbeef-42-1234-1300", NONCE), None);
+        assert_eq!(parse_id(b"0badcafe-42-1234", NONCE), None);
+        assert_eq!(parse_id(b"0badcafe-42-1234-1300-5", NONCE), None);
+        assert_eq!(parse_id(b"0badcafe-x-1234-1300", NONCE), None);
+        assert_eq!(parse_id(b"", NONCE), None);
+    }
+
+    #[test]
+    fn receipts_are_matched_by_client_id() {
+        // As Confab serializes it (docs/protocol/confab-ack.md).
+        let ack = b"<message xmlns=\"jabber:client\" type=\"headline\" id=\"ack-0194\" \
+            from=\"localhost\" to=\"user1@localhost/bench\"><ack xmlns=\"urn:confab:ack:0\" \
+            client-id=\"0badcafe-5-100-150\" server-id=\"0194\" seq=\"6\" \
+            with=\"user2@localhost\" stamp=\"2026-11-23T12:00:00.123Z\"/></message>";
+        assert_eq!(
+            receipt(ack, NONCE),
+            Some(Receipt::Ours(Stamp {
+                seq: 5,
+                due_us: 100,
+                sent_us: 150
+            }))
+        );
+        // Another run's message, no client id, and an <ack/> of some other namespace.
+        let other = b"<message from='localhost'><ack xmlns='urn:confab:ack:0' \
+            client-id='12345678-5-100-150' server-id='1' seq='1' with='a@b' stamp='x'/></message>";
+        assert!(matches!(receipt(other, NONCE), Some(Receipt::Unmatched(_))));
+        let anonymous = b"<message from='localhost'><ack xmlns='urn:confab:ack:0' \
+            server-id='1' seq='1' with='a@b' stamp='x'/></message>";
+        assert!(matches!(
+            receipt(anonymous, NONCE),
+            Some(Receipt::Unmatched(_))
+        ));
+        let foreign = b"<message><ack xmlns='urn:example:other' client-id='0badcafe-5-100-150'/>\
+            </message>";
+        assert_eq!(receipt(foreign, NONCE), None);
+        // A chat message is not a receipt.
+        let mut chat = Vec::new();
+        push_message(
+            &mut chat,
+            "b",
+            NONCE,
+            Stamp {
+                seq: 1,
+                due_us: 2,
+                sent_us: 3,
+            },
+        );
+        assert_eq!(receipt(&chat, NONCE), None);
+    }
+
+    fn set(seqs: impl IntoIterator<Item = u64>) -> SeqSet {
+        let mut set = SeqSet::default();
+        for seq in seqs {
+            set.insert(seq);
+        }
+        set
+    }
+
+    #[test]
+    fn seq_sets_count_members_and_differences() {
+        let mut a = SeqSet::default();
+        assert!(a.insert(0));
+        assert!(a.insert(63));
+        assert!(a.insert(64));
+        assert!(a.insert(1000));
+        assert!(!a.insert(64));
+        assert_eq!(a.len(), 4);
+        let b = set([0, 64, 5]);
+        assert_eq!(a.count_not_in(&b), 2);
+        assert_eq!(b.count_not_in(&a), 1);
+        assert_eq!(a.count_not_in(&SeqSet::default()), 4);
+        assert_eq!(SeqSet::default().count_not_in(&a), 0);
+    }
+
+    #[test]
+    fn lost_means_acknowledged_and_never_received() {
+        // 10 sent; 0..8 acknowledged; 9 bounced; received 0..6 and 8 (8 before its receipt).
+        let acked = set(0..8);
+        let received = set((0..6).chain([8]));
+        let t = tally(10, &received, Some(&acked), 1);
+        assert_eq!(
+            t,
+            Tally {
+                sent: 10,
+                received: 7,
+                bounced: 1,
+                acked: 8,
+                unacked: 1,
+                lost: 2,
+                received_unacked: 1,
+            }
+        );
+        // The same run against a server without receipts: lost is what never came back.
+        let t = tally(10, &received, None, 1);
+        assert_eq!((t.acked, t.unacked, t.lost), (0, 0, 2));
+        // Everything acknowledged and delivered.
+        let all = set(0..100);
+        let t = tally(100, &all, Some(&all), 0);
+        assert_eq!(
+            (t.acked, t.unacked, t.lost, t.received_unacked),
+            (100, 0, 0, 0)
+        );
+        let mut sum = t;
+        sum += tally(10, &received, Some(&acked), 1);
+        assert_eq!((sum.sent, sum.lost, sum.unacked), (110, 2, 1));
+    }
+
+    #[test]
+    fn schedule_spreads_senders_evenly_and_offers_the_rate() {
+        // 4 senders at 10 msgs/s each: together one message every 25 ms.
+        let (rate, senders) = (10.0, 4);
+        let mut all: Vec<Duration> = (0..senders)
+            .flat_map(|i| (0..10).map(move |seq| due_offset(seq, rate, i, senders)))
+            .collect();
+        all.sort();
+        for pair in all.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap.abs_diff(Duration::from_millis(25)) < Duration::from_micros(1),
+                "gap {gap:?}"
+            );
+        }
+        // Over 2.5 s, the senders offer exactly 2.5 s × 40 msgs/s.
+        let deadline = Duration::from_millis(2500);
+        let offered: usize = (0..senders)
+            .map(|i| {
+                (0..)
+                    .take_while(|&seq| due_offset(seq, rate, i, senders) < deadline)
+                    .count()
+            })
+            .sum();
+        assert_eq!(offered, 100);
+        // Many senders at a fractional rate: the count stays exact (no drift).
+        let offered: usize = (0..200)
+            .map(|i| {
+                (0..)
+                    .take_while(|&seq| due_offset(seq, 2.5, i, 200) < Duration::from_secs(10))
+                    .count()
+            })
+            .sum();
+        assert_eq!(offered, 5000);
+    }
+
+    #[test]
+    fn rates_are_over_the_longer_of_run_and_activity() {
+        // 1000 events within a 10 s run: 100/s, even if they ended early.
+        assert_eq!(per_second(1000, 0, 2_000_000, 10.0), 100.0);
+        // The last one 20 s after the start: 50/s.
+        assert_eq!(per_second(1000, 5, 20_000_005, 10.0), 50.0);
+        assert_eq!(per_second(0, 0, 0, 0.0), 0.0);
     }
 }

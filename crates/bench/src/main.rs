@@ -161,7 +161,8 @@ struct ChatArgs {
     /// Pairs: user(2i-1) and user(2i) message each other.
     #[arg(long, default_value_t = 100)]
     pairs: u64,
-    /// Messages per second per pair (both directions together), when not --max.
+    /// Messages per second per pair (both directions together), when not --max; the
+    /// offered load is this times --pairs, open-loop.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
     /// Send as fast as the window allows instead of at --rate.
@@ -173,7 +174,8 @@ struct ChatArgs {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Seconds to wait after sending for late messages before counting them lost.
+    /// After sending, wait for every message to arrive (and be acknowledged, if the server
+    /// sends receipts); give up once nothing has arrived for this many seconds.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
     /// Do not send initial presence (messages then go to the full JID only).

@@ -225,6 +225,12 @@ pub fn child_text<'a>(element: &'a [u8], name: &str) -> Option<&'a [u8]> {
     Some(&content[..close])
 }
 
+/// The first descendant named `name` (unprefixed), from its start tag to the end of
+/// `element`, so [`attr`] reads the descendant's own attributes.
+pub fn child<'a>(element: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    child_start(element, name).map(|at| &element[at..])
+}
+
 /// Whether the element has a descendant named `name` (unprefixed).
 pub fn has_child(element: &[u8], name: &str) -> bool {
     child_start(element, name).is_some()
