@@ -386,6 +386,7 @@ impl Session {
                     .map(|(stanza, bound_before)| Undelivered {
                         stanza: *stanza,
                         bound_before,
+                        holders: Vec::new(),
                     })
                     .collect()
             })
@@ -398,6 +399,7 @@ impl Session {
                 undelivered.push(Undelivered {
                     stanza: *stanza,
                     bound_before,
+                    holders: Vec::new(),
                 });
             }
         }

@@ -39,6 +39,11 @@ pub struct NewMessage {
     /// Whether the message counts toward the recipient's unread count: true for content
     /// (a body), false for receipts and markers, which are archived but are not news.
     pub counts_unread: bool,
+    /// Whether the recipient had no resource to take the message when it was committed: it
+    /// is then in the recipient's offline queue from the same transaction on (see
+    /// [`OfflineStore`](crate::store::OfflineStore)), so no crash between commit and delivery
+    /// can lose it.
+    pub for_later: bool,
 }
 
 /// What a commit assigned to one message, or, for a duplicate, what it assigned the first time.

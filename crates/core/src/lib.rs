@@ -4,7 +4,9 @@
 //! **Architecture invariant:** this crate does no IO and knows nothing about sockets, TLS,
 //! SQL or tokio. Every other crate may depend on it; it depends on no other Confab crate.
 
+pub mod apps;
 pub mod archive;
+pub mod client_view;
 pub mod error;
 pub mod metrics;
 pub mod ns;

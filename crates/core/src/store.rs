@@ -170,14 +170,27 @@ pub struct OfflineMessage {
     pub xml: String,
     /// When the server received it, in milliseconds since the Unix epoch.
     pub stamp_ms: i64,
+    /// The server id when the message is in the archive and the queue only points at it
+    /// (see [`OfflineStore::push_offline_archived`]); `None` for a stored copy.
+    pub archived: Option<String>,
 }
 
-/// Offline message storage (XEP-0160).
+/// Offline message storage (XEP-0160): a per-account queue that is a view over the archive.
+/// Archived messages are queued by reference, so the queue holds no second copy of them; a
+/// message the archive does not keep is queued as a copy.
 #[async_trait]
 pub trait OfflineStore: Send + Sync {
-    /// Keeps a message; `Quota` when the account holds too many already.
+    /// Queues a copy of a message the archive does not hold; `Quota` when the account holds
+    /// too many copies already. (`message.archived` is ignored.)
     async fn push_offline(&self, username: &str, message: &OfflineMessage) -> StoreResult<()>;
-    /// Returns and deletes every stored message, oldest first.
+    /// Queues the archived message `server_id` for the account. `NotFound` unless the archive
+    /// holds that message addressed to this account, so a reference cannot reach someone
+    /// else's messages. References are not counted against the quota: they cost a few bytes
+    /// and the message is kept by the archive anyway.
+    async fn push_offline_archived(&self, username: &str, server_id: &str) -> StoreResult<()>;
+    /// Returns and deletes everything queued, oldest first: copies as stored, references
+    /// with the archived message's XML and stamp. A reference whose message has left the
+    /// archive (retention) is dropped.
     async fn take_offline(&self, username: &str) -> StoreResult<Vec<OfflineMessage>>;
 }
 
@@ -268,6 +281,8 @@ pub trait Store:
     + ReadStateStore
     + TokenStore
     + crate::archive::ArchiveStore
+    + crate::client_view::ClientViewStore
+    + crate::apps::AppStore
 {
 }
 
@@ -280,5 +295,7 @@ impl<T> Store for T where
         + ReadStateStore
         + TokenStore
         + crate::archive::ArchiveStore
+        + crate::client_view::ClientViewStore
+        + crate::apps::AppStore
 {
 }

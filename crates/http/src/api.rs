@@ -17,6 +17,9 @@ use confab_core::store::{Store, TokenInfo};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+pub mod send;
+pub mod views;
+
 /// Largest page a history request may ask for.
 pub const MAX_PAGE: u32 = 500;
 /// Page size when the request names none.
@@ -46,10 +49,13 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// IM token verification.
     pub tokens: Arc<dyn TokenVerifier>,
+    /// Sending and read positions through the IM core; `None` leaves those routes off.
+    pub actions: Option<Arc<dyn send::ClientActions>>,
 }
 
 /// `GET /api/v1/history` query parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// The other party's bare JID.
@@ -63,7 +69,7 @@ pub struct HistoryQuery {
 }
 
 /// One archived message as the API returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryItem {
     /// The server id (XEP-0359 stanza-id).
     pub id: String,
@@ -93,7 +99,7 @@ impl From<ArchivedMessage> for HistoryItem {
 }
 
 /// `GET /api/v1/history` response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryPage {
     /// The other party.
     pub with: String,
@@ -153,6 +159,20 @@ pub fn bad_request(message: String) -> Response {
 /// `GET /api/v1/history?with=JID[&after_seq=N|&before_seq=N][&limit=N]`: one page of the
 /// caller's conversation with `with`. Without bounds it returns the latest page; with
 /// `before_seq` the page just before it; with `after_seq` the page just after it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/history",
+    tag = "client",
+    params(HistoryQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page, lowest sequence first", body = HistoryPage),
+        (status = 400, description = "`bad_request`: missing or invalid parameter", body = crate::ErrorBody),
+        (status = 401, description = "`unauthorized`: missing, unknown, expired or revoked token", body = crate::ErrorBody),
+        (status = 404, description = "`not_found`: the client API is not enabled", body = crate::ErrorBody),
+        (status = 503, description = "`storage_unavailable`: retry later", body = crate::ErrorBody),
+    )
+)]
 pub async fn history(
     State(state): State<HttpState>,
     headers: HeaderMap,

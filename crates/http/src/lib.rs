@@ -9,6 +9,8 @@
 //! the binary.
 
 pub mod api;
+pub mod introspect;
+pub mod openapi;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get, post};
 use confab_core::metrics::Metrics;
 use serde::Serialize;
 
@@ -61,7 +63,7 @@ impl std::fmt::Debug for HttpState {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A stable machine-readable code such as `not_found`.
     pub error: &'static str,
@@ -74,12 +76,35 @@ pub fn error_response(status: StatusCode, error: &'static str, message: String) 
     (status, Json(ErrorBody { error, message })).into_response()
 }
 
+/// Every documented route: its path and its handlers. [`router`] registers exactly these
+/// (plus `/openapi.json`), so a test can hold them against the OpenAPI description; a new
+/// route is one line here and one in `openapi::ApiDoc`'s `paths(...)`.
+fn routes() -> Vec<(&'static str, MethodRouter<HttpState>)> {
+    vec![
+        ("/healthz", get(healthz)),
+        ("/metrics", get(metrics)),
+        ("/api/v1/history", get(api::history)),
+        ("/api/v1/token/introspect", post(introspect::introspect)),
+        ("/api/v1/conversations", get(api::views::conversations)),
+        ("/api/v1/sync", get(api::views::sync)),
+        ("/api/v1/messages", post(api::send::send_message)),
+        ("/api/v1/read", post(api::send::mark_read)),
+    ]
+}
+
+/// The paths [`router`] serves besides `/openapi.json`, in registration order.
+pub fn route_paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
 /// The router with every route; the binary serves it with [`serve`].
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/history", get(api::history))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -102,13 +127,22 @@ pub async fn serve(
 }
 
 /// Health body: `{"status": "ok"}` or `{"status": "unavailable"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Health {
     /// `ok` when healthy.
     status: &'static str,
 }
 
 /// `GET /healthz`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The server can do its job", body = Health),
+        (status = 503, description = "Listeners down or storage unreachable", body = Health),
+    )
+)]
 async fn healthz(State(state): State<HttpState>) -> Response {
     if (state.health)() {
         (StatusCode::OK, Json(Health { status: "ok" })).into_response()
@@ -124,6 +158,15 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Counters in OpenMetrics 1.0 text",
+         body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    )
+)]
 async fn metrics(State(state): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],

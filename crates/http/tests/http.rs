@@ -248,6 +248,7 @@ async fn api_state(count: u64) -> HttpState {
             stamp_ms: 1_700_000_000_000 + n as i64,
             xml: format!("<message xmlns='jabber:client'><body>m{n}</body></message>"),
             counts_unread: true,
+            for_later: false,
         })
         .collect();
     store.append(&batch).await.expect("append");
@@ -255,6 +256,7 @@ async fn api_state(count: u64) -> HttpState {
     state.api = Some(confab_http::api::ApiState {
         store: Arc::new(store),
         tokens: Arc::new(OneToken),
+        actions: None,
     });
     state
 }

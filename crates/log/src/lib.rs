@@ -23,8 +23,10 @@
 pub mod mam;
 mod module;
 pub mod receipt;
+pub mod submit;
 mod writer;
 
 pub use mam::MamModule;
 pub use module::LogModule;
+pub use submit::{CommitOutcome, capture_commit};
 pub use writer::{LogConfig, LogStats, MessageLog};

@@ -14,6 +14,7 @@
 //! messages asking not to be stored (XEP-0334 `<no-store/>`, `<no-permanent-store/>`).
 
 use crate::receipt::{self, Receipt};
+use crate::submit::{CommitOutcome, offer};
 use crate::writer::{LogConfig, MessageLog};
 use async_trait::async_trait;
 use confab_core::archive::{NewMessage, direct_conversation};
@@ -69,6 +70,17 @@ fn archivable(message: &Element) -> bool {
     })
 }
 
+/// Whether a session can take a message to `to` now (RFC 6121 §8.5): its bound full JID,
+/// or else an available resource of the account with a non-negative priority.
+fn has_receiver(router: &Router, to: Option<&Jid>, recipient: &confab_core::BareJid) -> bool {
+    if let Some(full) = to.and_then(|to| to.try_as_full().ok())
+        && router.sessions.get(full).is_some()
+    {
+        return true;
+    }
+    !router.sessions.most_available(recipient).is_empty()
+}
+
 /// The error a sender gets when its message could not be committed: RFC 6120 §8.3.2 `wait`,
 /// since nothing was stored and a resend later may succeed.
 fn commit_error(error: &StoreError) -> StanzaError {
@@ -117,6 +129,9 @@ impl Module for LogModule {
         let client_id = receipt::client_id(&stanza.element);
         let conversation = direct_conversation(&sender, &recipient);
         let counts_unread = stanza.element.has_child("body", ns::CLIENT);
+        // Decided before the commit so the offline entry is part of it (see `for_later`);
+        // `Offline` recognises such a message at `on_offline_message` and writes nothing.
+        let for_later = !has_receiver(router, stanza.to.as_ref(), &recipient);
         let element = &mut stanza.element;
         let build = |server_id: String| {
             element.append_child(receipt::stanza_id(&server_id, recipient.as_str()));
@@ -129,6 +144,7 @@ impl Module for LogModule {
                 stamp_ms: chrono::Utc::now().timestamp_millis(),
                 xml: String::from(&*element),
                 counts_unread,
+                for_later,
             }
         };
 
@@ -138,25 +154,33 @@ impl Module for LogModule {
                 tracing::warn!(%error, %sender, "message not committed; sender told to retry");
                 // The stanza-id names nothing stored: it must not go back in the error.
                 receipt::strip_our_stanza_ids(&mut stanza.element, domain);
-                router.reply_error(stanza, &commit_error(&error)).await;
+                if let Some(CommitOutcome::Failed(error)) = offer(CommitOutcome::Failed(error)) {
+                    router.reply_error(stanza, &commit_error(&error)).await;
+                }
                 return Flow::Handled;
             }
         };
 
+        let duplicate = committed.duplicate;
+        let ack = Receipt {
+            client_id,
+            server_id: committed.server_id,
+            seq: committed.seq,
+            with: recipient.as_str().to_owned(),
+            stamp_ms: committed.stamp_ms,
+        };
         // The session that sent it, if it is still here; a receipt for a session that is
         // gone is lost like any stanza to it, and a resend fetches it again.
-        let origin = from.try_as_full().ok().and_then(|f| router.sessions.get(f));
-        if let Some(origin) = origin {
-            let ack = Receipt {
-                client_id,
-                server_id: committed.server_id,
-                seq: committed.seq,
-                with: recipient.as_str().to_owned(),
-                stamp_ms: committed.stamp_ms,
-            };
+        if let Some(CommitOutcome::Committed { receipt: ack, .. }) =
+            offer(CommitOutcome::Committed {
+                receipt: ack,
+                duplicate,
+            })
+            && let Some(origin) = from.try_as_full().ok().and_then(|f| router.sessions.get(f))
+        {
             router.send(&origin, Stanza::new(ack.to_message(domain, from.as_str())));
         }
-        if committed.duplicate {
+        if duplicate {
             // Exactly once as the user sees it: the original was delivered (or stored for
             // later) when it was committed.
             tracing::debug!(%sender, "resent message not delivered again");

@@ -35,10 +35,10 @@ use confab_core::stanza::element;
 use confab_core::{BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
 use confab_core::{FullJid, ns};
 use confab_router::{Flow, IqOutcome, Module, Router};
-use confab_sessions::{Resource, SessionId};
+use confab_sessions::{Resource, SessionId, Undelivered};
 use minidom::Node;
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// XEP-0280 namespace.
@@ -52,10 +52,37 @@ const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 /// XEP-0359 stanza ids.
 const SID: &str = "urn:xmpp:sid:0";
 
+/// Messages remembered by [`CopyLedger`]; older ones fall out (see there).
+const LEDGER_CAPACITY: usize = 16_384;
+
+/// Which sessions got a `<received/>` copy of recent messages addressed to one full JID, by
+/// server id. If that session dies without acknowledging the original, the router redelivers
+/// it to the account's other resources (`on_undelivered`); those that hold the carbon must
+/// be skipped, or one device shows the message twice. Bounded: for a message that fell out,
+/// redelivery may duplicate (clients deduplicate by stanza-id), it never loses.
+#[derive(Debug, Default)]
+struct CopyLedger {
+    order: VecDeque<String>,
+    holders: HashMap<String, Vec<SessionId>>,
+}
+
+impl CopyLedger {
+    fn record(&mut self, server_id: &str, sessions: Vec<SessionId>) {
+        if self.order.len() == LEDGER_CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.holders.remove(&oldest);
+        }
+        self.order.push_back(server_id.to_owned());
+        self.holders.insert(server_id.to_owned(), sessions);
+    }
+}
+
 /// Tracks carbons-enabled sessions and sends the copies.
 #[derive(Debug, Default)]
 pub struct Carbons {
     enabled: Mutex<HashSet<SessionId>>,
+    copies: Mutex<CopyLedger>,
 }
 
 impl Carbons {
@@ -131,6 +158,14 @@ pub fn wrap(direction: &str, original: &Element, user: &BareJid, to: &FullJid) -
     let mut message = element("message", ns::CLIENT, &attrs);
     message.append_child(wrapper);
     Stanza::new(message)
+}
+
+/// The server id the message log gave a message for `recipient`, if it was committed.
+fn our_stanza_id<'a>(message: &'a Element, recipient: &BareJid) -> Option<&'a str> {
+    message
+        .children()
+        .find(|c| c.is("stanza-id", SID) && c.attr("by") == Some(recipient.as_str()))
+        .and_then(|c| c.attr("id"))
 }
 
 /// The sender's view of a committed message: the log's `<stanza-id/>` names the recipient's
@@ -219,7 +254,7 @@ impl Module for Carbons {
             .as_ref()
             .and_then(|to| to.try_as_full().ok())
             .and_then(|full| router.sessions.get(full));
-        let receivers: HashSet<SessionId> = match bound {
+        let receivers: HashSet<SessionId> = match &bound {
             Some(resource) => HashSet::from([resource.id]),
             None => router
                 .sessions
@@ -252,14 +287,42 @@ impl Module for Carbons {
         }
         if sender != recipient && router.is_local_account(&Jid::from(recipient.clone())) {
             // §6: the recipient's carbons-enabled resources that do not get the original.
+            let mut copied = Vec::new();
             for target in self.enabled_resources(router, &recipient, &receivers) {
-                router.send(
+                if router.send(
                     &target,
                     wrap("received", &stanza.element, &recipient, &target.jid),
-                );
+                ) {
+                    copied.push(target.id);
+                }
+            }
+            // Only a message to one full JID is redelivered to resources that were bound
+            // when it arrived (see `CopyLedger`).
+            if bound.is_some()
+                && !copied.is_empty()
+                && let Some(server_id) = our_stanza_id(&stanza.element, &recipient)
+            {
+                self.copies.lock().record(server_id, copied);
             }
         }
         Flow::Continue
+    }
+
+    async fn on_undelivered(
+        &self,
+        _router: &Router,
+        resource: &Arc<Resource>,
+        stanzas: &mut Vec<Undelivered>,
+    ) {
+        let owner = resource.jid.to_bare();
+        let ledger = self.copies.lock();
+        for undelivered in stanzas.iter_mut() {
+            if let Some(holders) = our_stanza_id(&undelivered.stanza.element, &owner)
+                .and_then(|server_id| ledger.holders.get(server_id))
+            {
+                undelivered.holders.extend(holders.iter().copied());
+            }
+        }
     }
 
     async fn on_session_closed(&self, _router: &Router, resource: &Arc<Resource>) {

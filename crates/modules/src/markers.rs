@@ -32,7 +32,7 @@ use confab_core::stanza::element;
 use confab_core::store::StoreError;
 use confab_core::{BareJid, Element, Jid, Stanza, StanzaErrorCondition, StanzaKind, ns};
 use confab_router::{Flow, IqOutcome, Module, Router};
-use confab_sessions::Resource;
+use confab_sessions::{Resource, SessionId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,10 +43,7 @@ pub const MARKERS: &str = "urn:xmpp:chat-markers:0";
 
 /// Records read positions from markers and keeps an account's devices in agreement.
 #[derive(Debug, Default)]
-pub struct ReadState {
-    /// Makes push ids unique on this server.
-    next_push: AtomicU64,
-}
+pub struct ReadState;
 
 /// The message id a read marker names, if the message is one: `<displayed/>` or
 /// `<acknowledged/>` (which XEP-0333 makes imply displayed).
@@ -83,7 +80,7 @@ fn read_element(with: &str, seq: u64, unread: u64) -> Element {
 impl ReadState {
     /// Creates the feature.
     pub fn new() -> Self {
-        Self::default()
+        Self
     }
 
     /// The sequence of the message `id` names in `conversation`, sent by `peer`.
@@ -124,26 +121,53 @@ impl ReadState {
             tracing::debug!(%owner, "marker names no archived message");
             return Ok(());
         };
-        let before = router
-            .store
-            .read_position(owner.as_str(), &conversation)
-            .await?;
-        let now = router
-            .store
-            .mark_read(owner.as_str(), &conversation, seq)
-            .await?;
-        if now <= before {
-            return Ok(());
-        }
-        let unread = router
-            .store
-            .unread_count(owner.as_str(), &conversation)
-            .await?;
-        for resource in router.sessions.resources(&owner) {
-            if resource.id == origin.id {
+        advance_read_position(router, &owner, &peer, seq, Some(origin.id)).await?;
+        Ok(())
+    }
+}
+
+/// Where an account's read position in a conversation stands after a move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPosition {
+    /// The stored position: the sequence number read up to.
+    pub seq: u64,
+    /// Unread messages after it.
+    pub unread: u64,
+    /// Whether this call moved it (positions never move back).
+    pub moved: bool,
+}
+
+/// Moves `owner`'s read position in the one-to-one conversation with `peer` to `seq` if that
+/// is further than the stored one, and when it moved pushes the new position to the account's
+/// resources other than `except` (the device that read). Markers and the HTTP API both come
+/// through here, so every device hears of a read however it was made.
+pub async fn advance_read_position(
+    router: &Router,
+    owner: &BareJid,
+    peer: &BareJid,
+    seq: u64,
+    except: Option<SessionId>,
+) -> Result<ReadPosition, StoreError> {
+    let conversation = direct_conversation(owner, peer);
+    let before = router
+        .store
+        .read_position(owner.as_str(), &conversation)
+        .await?;
+    let now = router
+        .store
+        .mark_read(owner.as_str(), &conversation, seq)
+        .await?;
+    let unread = router
+        .store
+        .unread_count(owner.as_str(), &conversation)
+        .await?;
+    let moved = now > before;
+    if moved {
+        for resource in router.sessions.resources(owner) {
+            if Some(resource.id) == except {
                 continue;
             }
-            let id = format!("read-{}", self.next_push.fetch_add(1, Ordering::Relaxed));
+            let id = format!("read-{}", NEXT_PUSH.fetch_add(1, Ordering::Relaxed));
             let mut push = element(
                 "message",
                 ns::CLIENT,
@@ -157,9 +181,16 @@ impl ReadState {
             push.append_child(read_element(peer.as_str(), now, unread));
             router.send(&resource, Stanza::new(push));
         }
-        Ok(())
     }
+    Ok(ReadPosition {
+        seq: now,
+        unread,
+        moved,
+    })
 }
+
+/// Makes push ids unique on this server.
+static NEXT_PUSH: AtomicU64 = AtomicU64::new(0);
 
 #[async_trait]
 impl Module for ReadState {

@@ -7,6 +7,12 @@
 //!
 //! Delivery is at most once per stored message: the store hands the messages over and
 //! deletes them in one call, and anything that cannot be posted to the session is put back.
+//!
+//! The queue is a view over the archive: a message the log committed (it carries the log's
+//! XEP-0359 `<stanza-id by=recipient/>`, which the log strips from anything a client sent)
+//! is queued by its server id, so the recipient gets exactly the archived message and the
+//! database keeps one copy. Only messages the archive does not keep are queued as copies,
+//! and only those count against the offline quota.
 
 use async_trait::async_trait;
 use confab_core::stanza::element;
@@ -22,6 +28,8 @@ use std::sync::Arc;
 const CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
 /// XEP-0334 message processing hints.
 const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0359 unique and stable stanza ids.
+const SID: &str = "urn:xmpp:sid:0";
 
 /// Stores messages for unavailable accounts and replays them at the next availability.
 pub struct Offline {
@@ -64,7 +72,16 @@ impl Offline {
                 // The session went away (or overflowed) mid-replay: the store already
                 // deleted these, so they go back rather than being lost.
                 for message in std::iter::once(message).chain(pending) {
-                    if let Err(error) = router.store.push_offline(username, &message).await {
+                    let requeued = match &message.archived {
+                        Some(server_id) => {
+                            router
+                                .store
+                                .push_offline_archived(username, server_id)
+                                .await
+                        }
+                        None => router.store.push_offline(username, &message).await,
+                    };
+                    if let Err(error) = requeued {
                         tracing::error!(%error, username, "offline message lost on requeue");
                     }
                 }
@@ -93,6 +110,14 @@ fn worth_storing(message: &Element) -> bool {
             || namespace == HINTS
             || (child.name() == "thread" && namespace == ns::CLIENT))
     })
+}
+
+/// The server id the message log gave a message for `recipient`, if it was archived.
+fn archived_id<'a>(message: &'a Element, recipient: &str) -> Option<&'a str> {
+    message
+        .children()
+        .find(|c| c.is("stanza-id", SID) && c.attr("by") == Some(recipient))
+        .and_then(|c| c.attr("id"))
 }
 
 /// The stored message with its XEP-0203 `<delay/>` added, `None` if it no longer parses.
@@ -141,12 +166,35 @@ impl Module for Offline {
             // bounce, which would only produce noise for the sender.
             return Flow::Handled;
         }
-        let Some(username) = stanza.to.as_ref().and_then(|to| to.node()) else {
+        let Some(to) = stanza.to.as_ref() else {
             return Flow::Continue;
         };
+        let Some(username) = to.node() else {
+            return Flow::Continue;
+        };
+        if let Some(server_id) = archived_id(&stanza.element, to.to_bare().as_str()) {
+            match router
+                .store
+                .push_offline_archived(username.as_str(), server_id)
+                .await
+            {
+                Ok(()) => return Flow::Handled,
+                // Not in the archive after all (the log is not in this server's chain):
+                // keep a copy as before.
+                Err(StoreError::NotFound) => {}
+                Err(error) => {
+                    // The message is committed and its sender holds a receipt, so an error
+                    // bounce would contradict it; the recipient's archive (MAM, the HTTP
+                    // API) still has it.
+                    tracing::warn!(%error, "archived message not queued for offline delivery");
+                    return Flow::Handled;
+                }
+            }
+        }
         let message = OfflineMessage {
             xml: String::from(&stanza.element),
             stamp_ms: now_ms(),
+            archived: None,
         };
         match router.store.push_offline(username.as_str(), &message).await {
             Ok(()) => Flow::Handled,

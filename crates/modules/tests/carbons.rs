@@ -256,3 +256,95 @@ async fn carbons_cannot_be_set_for_another_account() {
     let reply = next_non_presence(&mut bob).await;
     assert_eq!(reply.type_attr(), Some("error"), "{}", xml(&reply));
 }
+
+/// The phone dies without acknowledging a message to its full JID: the laptop, which holds
+/// the carbon, does not get the original again, and nothing is kept for a later login.
+/// A resource without carbons still gets the redelivery.
+#[tokio::test]
+async fn redelivery_skips_resources_holding_a_carbon() {
+    let Scene {
+        router,
+        mut phone,
+        mut laptop,
+        mut bob,
+    } = scene().await;
+    let mut tablet = online(&router, "alice@localhost/tablet", 0, false).await;
+    drain(&mut tablet).await;
+    drain(&mut laptop).await;
+    drain(&mut bob).await;
+    // Bound before the message arrives, like every resource here.
+    let bound_before = confab_sessions::next_session_id();
+    bob.send("<message xmlns='jabber:client' type='chat' id='b9' to='alice@localhost/phone'><body>once</body></message>").await;
+    let original = next_message(&mut phone).await;
+    let carbon = next_message(&mut laptop).await;
+    assert_eq!(
+        body(unwrap_carbon(&carbon, "received", "alice@localhost/laptop")),
+        "once"
+    );
+
+    // What the phone's session hands back when it ends without acking.
+    let resource = phone.resource.clone();
+    router.sessions.unbind(&resource);
+    router
+        .undelivered(
+            &resource,
+            vec![confab_sessions::Undelivered {
+                stanza: original,
+                bound_before,
+                holders: Vec::new(),
+            }],
+        )
+        .await;
+
+    let again = next_message(&mut tablet).await;
+    assert_eq!(body(&again.element), "once");
+    expect_no_message(&mut laptop).await;
+    assert!(
+        router
+            .store
+            .take_offline("alice")
+            .await
+            .expect("take")
+            .is_empty(),
+        "a device holding the carbon is still online: nothing kept for later"
+    );
+}
+
+/// What the server made for one session (a carbon, a MAM result: from the account's bare
+/// JID) is not handed to other devices or kept for later when that session dies unacked.
+#[tokio::test]
+async fn server_made_messages_are_not_redelivered() {
+    let Scene {
+        router,
+        phone,
+        mut laptop,
+        ..
+    } = scene().await;
+    drain(&mut laptop).await;
+    let bound_before = confab_sessions::next_session_id();
+    let made_for_phone = [
+        "<message xmlns='jabber:client' type='chat' from='alice@localhost' to='alice@localhost/phone'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' type='chat' from='alice@localhost/laptop' to='bob@localhost'><body>copy</body></message></forwarded></sent></message>",
+        "<message xmlns='jabber:client' from='alice@localhost' to='alice@localhost/phone'><result xmlns='urn:xmpp:mam:2' queryid='q1' id='x'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' type='chat'><body>old</body></message></forwarded></result></message>",
+    ];
+    let stanzas = made_for_phone
+        .iter()
+        .map(|xml| confab_sessions::Undelivered {
+            stanza: Stanza::from_element(xml.parse().expect("xml")).expect("stanza"),
+            bound_before,
+            holders: Vec::new(),
+        })
+        .collect();
+    let resource = phone.resource.clone();
+    router.sessions.unbind(&resource);
+    router.undelivered(&resource, stanzas).await;
+
+    expect_no_message(&mut laptop).await;
+    assert!(
+        router
+            .store
+            .take_offline("alice")
+            .await
+            .expect("take")
+            .is_empty()
+    );
+}

@@ -373,8 +373,10 @@ impl Router {
     /// `on_undelivered` hooks, then redelivers what no module took to the account, like a
     /// message to a resource that is gone (RFC 6121 §8.5.3.2.1):
     ///
-    /// - only `chat`/`normal` messages are kept (presence and IQs are not replayed, nor are
-    ///   headlines such as commit receipts, errors or group chat);
+    /// - only `chat`/`normal` messages a client sent are kept (presence and IQs are not
+    ///   replayed, nor are headlines, errors or group chat, nor what the server made for
+    ///   this one session: MAM results and carbons come from the account's bare JID, commit
+    ///   receipts from the domain, never from a full JID);
     /// - the `on_routed` hooks do not run again: blocking was applied and the message log
     ///   committed the message (its `<stanza-id/>` is in the stanza) on the first routing, so
     ///   the log neither archives it twice nor swallows it as a resend;
@@ -387,6 +389,10 @@ impl Router {
         stanzas.retain(|u| {
             u.stanza.kind == StanzaKind::Message
                 && matches!(u.stanza.type_attr(), None | Some("chat" | "normal"))
+                && u.stanza
+                    .from
+                    .as_ref()
+                    .is_some_and(|from| from.resource().is_some())
         });
         for module in &self.modules {
             if stanzas.is_empty() {
@@ -398,16 +404,28 @@ impl Router {
         for Undelivered {
             stanza,
             bound_before,
+            holders,
         } in stanzas
         {
             let to_bare = stanza.to.as_ref().is_some_and(|to| to.resource().is_none());
+            // A device still bound that already holds a copy means the user has it: it is
+            // not stored for later, where the next device to log in would get it again.
+            let mut delivered = !holders.is_empty()
+                && self
+                    .sessions
+                    .resources(&bare)
+                    .iter()
+                    .any(|r| holders.contains(&r.id));
             let targets: Vec<Arc<Resource>> = self
                 .sessions
                 .most_available(&bare)
                 .into_iter()
-                .filter(|r| r.id != resource.id && (!to_bare || r.id >= bound_before))
+                .filter(|r| {
+                    r.id != resource.id
+                        && !holders.contains(&r.id)
+                        && (!to_bare || r.id >= bound_before)
+                })
                 .collect();
-            let mut delivered = false;
             for target in &targets {
                 delivered |= self.send_and_notify(target, stanza.clone()).await;
             }

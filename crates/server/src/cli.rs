@@ -1,4 +1,4 @@
-//! The command line: `confab serve`, `confab user …` and `confab config …`.
+//! The command line: `confab serve`, `confab user …`, `confab app …` and `confab config …`.
 //!
 //! Every command takes the same configuration flags (`--config`, `--data-dir`, `--domain`,
 //! …) so that `confab user add` acts on exactly the data directory and domain that
@@ -80,6 +80,9 @@ pub enum Command {
     /// Manage accounts; works while the server runs.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage registered third-party apps; works while the server runs.
+    #[command(subcommand)]
+    App(AppCommand),
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -110,6 +113,23 @@ pub enum UserCommand {
     },
     /// List every account, one JID per line.
     List,
+}
+
+/// `confab app …`.
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Register an app; prints `client_id=…` and `client_secret=…`, the secret only this once.
+    Add {
+        /// A label for operators, 1 to 64 characters.
+        name: String,
+    },
+    /// List apps, one `client_id<TAB>created<TAB>name` line each.
+    List,
+    /// Delete an app; its secret stops working at once.
+    Del {
+        /// The app's client id.
+        client_id: String,
+    },
 }
 
 /// `confab config …`.

@@ -1,7 +1,9 @@
 //! The `confab` binary: parses the command line, loads the configuration and runs the
 //! requested command. Only this crate wires adapters together (DESIGN.md invariant 4).
 
+mod apps;
 mod cli;
+mod client_actions;
 mod config;
 mod serve;
 mod users;
@@ -72,6 +74,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(users::run(&config, &command))
+        }
+        Command::App(command) => {
+            let config = load()?;
+            init_tracing(ADMIN_LOG_LEVEL);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(apps::run(&config, &command))
         }
     }
 }

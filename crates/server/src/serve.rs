@@ -124,6 +124,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     http_state.api = Some(confab_http::api::ApiState {
         store: store.clone(),
         tokens: Arc::new(StoreTokens(store.clone())),
+        actions: Some(Arc::new(crate::client_actions::RouterActions::new(
+            router.clone(),
+        ))),
     });
     let http = tokio::spawn(confab_http::serve(
         http_socket,

@@ -297,3 +297,98 @@ fn example_config_is_in_sync() {
         .expect("run confab");
     assert_eq!(Run::from(run).ok(), "OK\n");
 }
+
+/// The `key=value` lines `confab app add` prints, as `(client_id, client_secret)`.
+fn app_credentials(stdout: &str) -> (String, String) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "two lines expected: {stdout:?}");
+    let id = lines[0].strip_prefix("client_id=").expect("client_id line");
+    let secret = lines[1]
+        .strip_prefix("client_secret=")
+        .expect("client_secret line");
+    (id.to_owned(), secret.to_owned())
+}
+
+/// Whether the store in `dir` accepts `secret` for `client_id`, checked through the same
+/// core policy the server's introspection endpoint uses.
+fn app_verifies(dir: &Path, client_id: &str, secret: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = confab_store::SqliteStore::open(dir).await.expect("open");
+        let app = confab_core::apps::verify(&store, client_id, secret)
+            .await
+            .expect("verify");
+        store.close().await;
+        app.is_some()
+    })
+}
+
+#[test]
+fn app_round_trip() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+
+    assert_eq!(confab(dir, &["app", "list"]).ok(), "");
+    let run = confab(dir, &["app", "add", "Reports backend"]);
+    let (id, secret) = app_credentials(run.ok());
+    // 256 bits, base64url without padding; shown once, with a warning on standard error.
+    assert_eq!(secret.len(), 43);
+    assert!(
+        secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+    assert!(run.stderr.contains("cannot be shown again"), "{run:?}");
+    let (other_id, other_secret) = app_credentials(confab(dir, &["app", "add", "dash"]).ok());
+    assert_ne!(id, other_id);
+    assert_ne!(secret, other_secret);
+
+    // The secret is not stored: neither listing nor the database file shows it.
+    let listing = confab(dir, &["app", "list"]).ok().to_owned();
+    let rows: Vec<Vec<&str>> = listing.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "{listing:?}");
+    assert_eq!(rows[0][0], id);
+    assert_eq!(rows[0][2], "Reports backend");
+    assert_eq!(rows[1][0], other_id);
+    assert_eq!(rows[1][2], "dash");
+    assert!(
+        rows[0][1].ends_with('Z') && rows[0][1].contains('T'),
+        "{listing}"
+    );
+    assert!(!listing.contains(&secret));
+    let db = std::fs::read(dir.join("confab.db")).expect("database file");
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+
+    assert!(app_verifies(dir, &id, &secret));
+    assert!(!app_verifies(dir, &id, &other_secret));
+
+    assert_eq!(
+        confab(dir, &["app", "del", &id]).ok(),
+        format!("deleted app {id}\n")
+    );
+    assert_eq!(
+        confab(dir, &["app", "del", &id]).fails(RUNTIME),
+        format!("no such app {id}")
+    );
+    assert!(!app_verifies(dir, &id, &secret));
+    assert!(app_verifies(dir, &other_id, &other_secret));
+    let listing = confab(dir, &["app", "list"]).ok().to_owned();
+    assert_eq!(listing.lines().count(), 1);
+    assert!(listing.starts_with(&format!("{other_id}\t")));
+}
+
+#[test]
+fn app_names_are_checked_before_touching_the_data_dir() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("never-created");
+    let long = "x".repeat(65);
+    for name in ["", "  ", long.as_str(), "two\nlines"] {
+        let run = confab(&dir, &["app", "add", name]);
+        assert!(run.fails(USAGE).starts_with("app name must be"), "{run:?}");
+    }
+    assert!(!dir.exists());
+    assert!(!confab(&dir, &["app", "frobnicate"]).fails(USAGE).is_empty());
+}

@@ -95,6 +95,9 @@ pub struct Undelivered {
     /// were bound then, so those of them that were most available already got their own copy
     /// of a message addressed to the bare JID.
     pub bound_before: SessionId,
+    /// Sessions known to hold a copy already (a XEP-0280 carbon, noted by the carbons
+    /// feature at `on_undelivered`): redelivery skips them, so no device gets it twice.
+    pub holders: Vec<SessionId>,
 }
 
 impl Resource {

@@ -17,6 +17,10 @@ use confab_core::archive::{
     ArchiveDefault, ArchivePage, ArchivePrefs, ArchiveQuery, CommitReceipt, NewMessage, Page,
     new_server_id,
 };
+use confab_core::client_view::{
+    ConversationCursor, ConversationPage, ConversationSummary, DocumentChange, MAX_SYNC_CHANGES,
+    SyncError, SyncFeed, SyncToken,
+};
 use confab_core::store::{
     OfflineMessage, RosterItem, Store, StoreError, StoredCredentials, Subscription, TokenInfo,
 };
@@ -38,6 +42,8 @@ macro_rules! conformance_tests {
             roster_hidden_rows_and_unicode_groups,
             roster_version_not_reused_after_account_recreation,
             offline_order_and_take_empties,
+            offline_references_read_the_archive,
+            offline_messages_flagged_at_commit_are_taken_once,
             documents_put_replace_get,
             blocklist_block_unblock,
             concurrent_writes_through_one_handle,
@@ -54,6 +60,14 @@ macro_rules! conformance_tests {
             read_state_moves_forward_only,
             read_state_unread_count_and_client_id_lookup,
             tokens_put_lookup_and_revoke,
+            client_view_conversations_newest_first_with_unread_counts,
+            client_view_sync_snapshot_then_incremental,
+            client_view_sync_token_reuse_and_bad_tokens,
+            client_view_sync_pages_at_position_boundaries,
+            client_view_sync_never_skips_interleaved_writes,
+            client_view_rows_go_with_the_account,
+            apps_create_list_verify_delete,
+            apps_put_conflict_and_hash_round_trip,
         );
         #[tokio::test]
         async fn offline_quota() {
@@ -100,6 +114,7 @@ pub fn message(n: i64) -> OfflineMessage {
     OfflineMessage {
         xml: format!("<message to='a@x'><body>{n}</body></message>"),
         stamp_ms: 1_700_000_000_000 + n,
+        archived: None,
     }
 }
 
@@ -461,6 +476,127 @@ pub async fn offline_order_and_take_empties(store: &dyn Store) {
     );
 }
 
+/// Archived messages are queued by reference: a take reads them from the archive, in queue
+/// order among copies; a reference must name a message to that account; references do not
+/// count against the quota; a reference whose message was purged is dropped.
+pub async fn offline_references_read_the_archive(store: &dyn Store) {
+    let first = chat("alice@x bob@x", "alice@x", "bob@x", 1, None);
+    let second = chat("alice@x bob@x", "alice@x", "bob@x", 2, None);
+    let to_alice = chat("alice@x bob@x", "bob@x", "alice@x", 3, None);
+    store
+        .append(&[first.clone(), second.clone(), to_alice.clone()])
+        .await
+        .expect("append");
+
+    store
+        .push_offline_archived("bob", &first.server_id)
+        .await
+        .expect("ref");
+    store.push_offline("bob", &message(7)).await.expect("copy");
+    store
+        .push_offline_archived("bob", &second.server_id)
+        .await
+        .expect("ref");
+    // Not bob's message, not a message at all, and a name that merely starts like bob's.
+    for (owner, id) in [
+        ("bob", to_alice.server_id.as_str()),
+        ("bob", "no-such-id"),
+        ("bo", first.server_id.as_str()),
+    ] {
+        let refused = store.push_offline_archived(owner, id).await;
+        assert!(
+            matches!(refused, Err(StoreError::NotFound)),
+            "{owner} {id}: {refused:?}"
+        );
+    }
+
+    let taken = store.take_offline("bob").await.expect("take");
+    let archived = |m: &NewMessage| OfflineMessage {
+        xml: m.xml.clone(),
+        stamp_ms: m.stamp_ms,
+        archived: Some(m.server_id.clone()),
+    };
+    assert_eq!(taken, [archived(&first), message(7), archived(&second)]);
+    assert!(store.take_offline("bob").await.expect("take").is_empty());
+    assert!(store.take_offline("bo").await.expect("take").is_empty());
+
+    // The archive's retention reaches the queue: nothing dangles, nothing fails.
+    store
+        .push_offline_archived("bob", &first.server_id)
+        .await
+        .expect("ref");
+    store.purge_before(i64::MAX).await.expect("purge");
+    assert!(store.take_offline("bob").await.expect("take").is_empty());
+}
+
+/// A message committed `for_later` is in its recipient's offline queue from the commit on,
+/// merged by time with queued entries, taken once (the account's cursor moves past it), and
+/// can be queued again by reference after it was taken (a replay that did not reach the
+/// session); queueing one still ahead of the cursor does not double it.
+pub async fn offline_messages_flagged_at_commit_are_taken_once(store: &dyn Store) {
+    let later = |n: i64, to: &str| NewMessage {
+        for_later: true,
+        ..chat("alice@x bob@x", "alice@x", to, n, None)
+    };
+    let first = later(10, "bob@x");
+    let live = chat("alice@x bob@x", "alice@x", "bob@x", 11, None);
+    let second = later(30, "bob@x");
+    // A localpart that merely starts like bob's is another account.
+    let other = later(12, "bobby@x");
+    store
+        .append(&[first.clone(), live, other.clone()])
+        .await
+        .expect("append");
+    let copy = OfflineMessage {
+        stamp_ms: 1_700_000_000_020,
+        ..message(20)
+    };
+    store.push_offline("bob", &copy).await.expect("copy");
+    store
+        .append(std::slice::from_ref(&second))
+        .await
+        .expect("append");
+    // Already queued by its commit: accepted, not doubled.
+    store
+        .push_offline_archived("bob", &second.server_id)
+        .await
+        .expect("ref");
+
+    let archived = |m: &NewMessage| OfflineMessage {
+        xml: m.xml.clone(),
+        stamp_ms: m.stamp_ms,
+        archived: Some(m.server_id.clone()),
+    };
+    assert_eq!(
+        store.take_offline("bob").await.expect("take"),
+        [archived(&first), copy, archived(&second)]
+    );
+    assert!(store.take_offline("bob").await.expect("take").is_empty());
+    assert_eq!(
+        store.take_offline("bobby").await.expect("take"),
+        [archived(&other)]
+    );
+
+    // Put back after a replay that failed: it comes once more.
+    store
+        .push_offline_archived("bob", &first.server_id)
+        .await
+        .expect("requeue");
+    assert_eq!(
+        store.take_offline("bob").await.expect("take"),
+        [archived(&first)]
+    );
+    let third = later(40, "bob@x");
+    store
+        .append(std::slice::from_ref(&third))
+        .await
+        .expect("append");
+    assert_eq!(
+        store.take_offline("bob").await.expect("take"),
+        [archived(&third)]
+    );
+}
+
 /// Pushing past `quota` messages fails with `Quota` and stores nothing; a take frees room.
 /// Quotas are per account.
 pub async fn offline_quota(store: &dyn Store, quota: u32) {
@@ -482,6 +618,20 @@ pub async fn offline_quota(store: &dyn Store, quota: u32) {
         .push_offline("alice", &message(-1))
         .await
         .expect("push after take");
+
+    // References into the archive are not copies: a full queue still takes them.
+    for n in 0..i64::from(quota) {
+        let _ = store.push_offline("bob", &message(n)).await;
+    }
+    let archived = chat("alice@x bob@x", "alice@x", "bob@x", 1, None);
+    store
+        .append(std::slice::from_ref(&archived))
+        .await
+        .expect("append");
+    store
+        .push_offline_archived("bob", &archived.server_id)
+        .await
+        .expect("reference past the quota");
 }
 
 /// Documents are per owner and key, and a put replaces.
@@ -631,6 +781,7 @@ pub fn chat(
         stamp_ms: 1_700_000_000_000 + n,
         xml: format!("<message to='{recipient}'><body>{n}</body></message>"),
         counts_unread: true,
+        for_later: false,
     }
 }
 
@@ -817,6 +968,7 @@ pub async fn archive_history_range_and_lookup(store: &dyn Store) {
     let special = NewMessage {
         xml: "<message><body>Grüße, 世界 🦀 \"quoted\" \\ back\nslash</body></message>".into(),
         counts_unread: true,
+        for_later: false,
         ..chat("a b", "b", "a", 11, None)
     };
     let receipt = store
@@ -1338,6 +1490,7 @@ pub async fn read_state_unread_count_and_client_id_lookup(store: &dyn Store) {
     // A marker or receipt from the peer is archived but is not news.
     let marker = NewMessage {
         counts_unread: false,
+        for_later: false,
         ..chat(conv, "b@x", "a@x", 6, Some("m1"))
     };
     store.append(&[marker]).await.expect("append marker");
@@ -1429,4 +1582,671 @@ pub async fn tokens_put_lookup_and_revoke(store: &dyn Store) {
     assert_eq!(store.revoke_all().await.expect("revoke all"), 2);
     assert_eq!(store.token_owner(&h3).await.expect("get"), None);
     assert_eq!(store.token_owner(&h4).await.expect("get"), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Client views (core::client_view)
+
+/// The page's conversations as `(with, last_seq, read_seq, unread)`.
+fn summaries(page: &[ConversationSummary]) -> Vec<(&str, u64, u64, u64)> {
+    page.iter()
+        .map(|c| (c.with.as_str(), c.last_seq, c.read_seq, c.unread))
+        .collect()
+}
+
+/// A complete sync from `since`: follows `more` to the end and returns the feeds.
+async fn sync_all(
+    store: &dyn Store,
+    username: &str,
+    owner: &str,
+    since: Option<&SyncToken>,
+    limit: u32,
+) -> Vec<SyncFeed> {
+    let mut feeds: Vec<SyncFeed> = Vec::new();
+    loop {
+        let token = feeds.last().map(|f| f.next.clone());
+        let feed = store
+            .sync(username, owner, token.as_ref().or(since), limit)
+            .await
+            .expect("sync");
+        let more = feed.more;
+        feeds.push(feed);
+        if !more {
+            return feeds;
+        }
+        assert!(feeds.len() < 10_000, "sync never finishes");
+    }
+}
+
+/// What a device mirrors, built only from sync feeds.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Mirror {
+    roster: std::collections::BTreeMap<String, RosterItem>,
+    documents: std::collections::BTreeMap<String, String>,
+    read: std::collections::BTreeMap<String, u64>,
+    /// Conversation key → (last_seq, read_seq, unread).
+    conversations: std::collections::BTreeMap<String, (u64, u64, u64)>,
+}
+
+impl Mirror {
+    fn apply(&mut self, feed: &SyncFeed) {
+        if feed.full {
+            *self = Mirror::default();
+        }
+        for item in &feed.roster {
+            self.roster.insert(item.jid.clone(), item.clone());
+        }
+        for jid in &feed.roster_removed {
+            self.roster.remove(jid);
+        }
+        for change in &feed.documents {
+            match &change.xml {
+                Some(xml) => self.documents.insert(change.key.clone(), xml.clone()),
+                None => self.documents.remove(&change.key),
+            };
+        }
+        for (conversation, seq) in &feed.read_positions {
+            self.read.insert(conversation.clone(), *seq);
+        }
+        for c in &feed.conversations {
+            self.conversations
+                .insert(c.conversation.clone(), (c.last_seq, c.read_seq, c.unread));
+        }
+    }
+}
+
+/// The conversation list: newest activity first, one entry per conversation (a conversation
+/// with oneself once), unread counting the peer's content above the read position, the last
+/// message whatever it is, and cursors that walk the list without repeats.
+pub async fn client_view_conversations_newest_first_with_unread_counts(store: &dyn Store) {
+    let (a, ab, ac, aa) = ("a@x", "a@x b@x", "a@x c@x", "a@x a@x");
+    let empty = store.conversations(a, None, 10).await.expect("list");
+    assert_eq!(empty, ConversationPage::default());
+
+    for batch in [
+        vec![
+            chat(ab, "b@x", "a@x", 1, None),
+            chat(ab, "a@x", "b@x", 2, None),
+        ],
+        vec![
+            chat(ac, "c@x", "a@x", 3, None),
+            chat(ac, "c@x", "a@x", 4, None),
+        ],
+        vec![chat(aa, "a@x", "a@x", 5, None)],
+        vec![chat(ab, "b@x", "a@x", 6, None)],
+        // Not a's: must never show in a's list.
+        vec![chat("b@x c@x", "b@x", "c@x", 7, None)],
+    ] {
+        store.append(&batch).await.expect("append");
+    }
+    let page = store.conversations(a, None, 10).await.expect("list");
+    assert_eq!(
+        summaries(&page.conversations),
+        [("b@x", 3, 0, 2), ("a@x", 1, 0, 0), ("c@x", 2, 0, 2)]
+    );
+    assert_eq!(page.next, None);
+    let latest = page.conversations[0].last_message.as_ref().expect("last");
+    assert_eq!((latest.seq, latest.sender.as_str()), (3, "b@x"));
+    assert!(latest.xml.contains("<body>6</body>"), "{latest:?}");
+    assert_eq!(page.conversations[0].conversation, ab);
+    assert_eq!(page.conversations[1].conversation, aa);
+
+    // Reading moves the position and the count; a marker from the peer is activity (it
+    // moves the conversation up and becomes the last message) but not news.
+    store.mark_read(a, ab, 1).await.expect("mark");
+    let marker = NewMessage {
+        counts_unread: false,
+        for_later: false,
+        ..chat(ac, "c@x", "a@x", 8, None)
+    };
+    store.append(&[marker]).await.expect("marker");
+    let page = store.conversations(a, None, 10).await.expect("list");
+    assert_eq!(
+        summaries(&page.conversations),
+        [("c@x", 3, 0, 2), ("b@x", 3, 1, 1), ("a@x", 1, 0, 0)]
+    );
+    assert_eq!(
+        page.conversations[0]
+            .last_message
+            .as_ref()
+            .map(|m| m.stamp_ms),
+        Some(1_700_000_000_008)
+    );
+    // The other side sees its own counts.
+    let b_page = store.conversations("b@x", None, 10).await.expect("list");
+    assert_eq!(
+        summaries(&b_page.conversations),
+        [("c@x", 1, 0, 0), ("a@x", 3, 0, 1)]
+    );
+
+    // One batch touching two conversations gives them the same activity: the tie is broken
+    // by conversation key, descending, and paging by one still sees each exactly once.
+    store
+        .append(&[
+            chat("a@x d@x", "d@x", "a@x", 9, None),
+            chat("a@x e@x", "e@x", "a@x", 10, None),
+        ])
+        .await
+        .expect("append");
+    let full = store.conversations(a, None, 500).await.expect("list");
+    let order: Vec<&str> = full.conversations.iter().map(|c| c.with.as_str()).collect();
+    assert_eq!(order, ["e@x", "d@x", "c@x", "b@x", "a@x"]);
+    let mut walked = Vec::new();
+    let mut cursor: Option<ConversationCursor> = None;
+    loop {
+        let page = store
+            .conversations(a, cursor.as_ref(), 2)
+            .await
+            .expect("page");
+        assert!(page.conversations.len() <= 2);
+        walked.extend(page.conversations);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(walked, full.conversations);
+    // The limit is capped; zero lists nothing.
+    assert!(
+        store
+            .conversations(a, None, 0)
+            .await
+            .expect("zero")
+            .conversations
+            .is_empty()
+    );
+    let capped = store.conversations(a, None, u32::MAX).await.expect("cap");
+    assert_eq!(capped.conversations.len(), 5);
+    // An account with nothing lists nothing.
+    assert!(
+        store
+            .conversations("z@x", None, 10)
+            .await
+            .expect("z")
+            .conversations
+            .is_empty()
+    );
+}
+
+/// A snapshot holds the current state and no removals; a feed from its token holds exactly
+/// what changed after it: changed and removed roster items, private XML (not the vCard),
+/// moved read positions and the conversations they or new messages touched.
+pub async fn client_view_sync_snapshot_then_incremental(store: &dyn Store) {
+    let (u, o, ab, ac) = ("a", "a@x", "a@x b@x", "a@x c@x");
+    let bookmarks = "storage|storage:bookmarks";
+    let empty = store
+        .sync(u, o, None, MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(empty.full && !empty.more, "{empty:?}");
+    assert!(empty.roster.is_empty() && empty.conversations.is_empty());
+    assert!(empty.documents.is_empty() && empty.read_positions.is_empty());
+
+    store.put_roster_item(u, &item("b@x")).await.expect("put");
+    store.put_roster_item(u, &item("c@x")).await.expect("put");
+    let hidden = RosterItem {
+        in_roster: false,
+        pending_in: Some("<presence type='subscribe'/>".into()),
+        ..item("d@x")
+    };
+    store.put_roster_item(u, &hidden).await.expect("put");
+    store
+        .put_document(u, bookmarks, "<storage/>")
+        .await
+        .expect("doc");
+    store
+        .put_document(u, "vcard", "<vCard/>")
+        .await
+        .expect("vcard");
+    store
+        .append(&[chat(ab, "b@x", "a@x", 1, None)])
+        .await
+        .expect("append");
+    store.mark_read(o, ab, 1).await.expect("mark");
+    // Another account's changes are not a's.
+    store.put_roster_item("b", &item("a@x")).await.expect("put");
+    store
+        .put_document("b", bookmarks, "<b/>")
+        .await
+        .expect("doc");
+    store.mark_read("b@x", ab, 1).await.expect("mark");
+
+    let snapshot = store
+        .sync(u, o, None, MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(snapshot.full && !snapshot.more, "{snapshot:?}");
+    assert_eq!(snapshot.roster, [item("b@x"), item("c@x")]);
+    assert!(snapshot.roster_removed.is_empty());
+    assert_eq!(
+        snapshot.documents,
+        [DocumentChange {
+            key: bookmarks.into(),
+            xml: Some("<storage/>".into())
+        }]
+    );
+    assert_eq!(snapshot.read_positions, [(ab.to_owned(), 1)]);
+    assert_eq!(summaries(&snapshot.conversations), [("b@x", 1, 1, 0)]);
+    assert!(snapshot.next.position > empty.next.position);
+
+    let quiet = store
+        .sync(u, o, Some(&snapshot.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(!quiet.full && !quiet.more, "{quiet:?}");
+    assert!(quiet.roster.is_empty() && quiet.roster_removed.is_empty());
+    assert!(quiet.conversations.is_empty() && quiet.documents.is_empty());
+    assert!(quiet.read_positions.is_empty());
+    // Changes of other accounts do not move the token past a's own... but they may: the
+    // token is store-wide. Either way a's feed stays empty.
+    assert!(quiet.next.position >= snapshot.next.position);
+
+    store.remove_roster_item(u, "b@x").await.expect("remove");
+    let renamed = RosterItem {
+        name: Some("Carol".into()),
+        groups: vec!["Friends".into()],
+        ask_out: true,
+        ..item("c@x")
+    };
+    store.put_roster_item(u, &renamed).await.expect("put");
+    store
+        .put_roster_item(
+            u,
+            &RosterItem {
+                in_roster: true,
+                ..hidden.clone()
+            },
+        )
+        .await
+        .expect("put");
+    store
+        .put_document(u, bookmarks, "<storage>2</storage>")
+        .await
+        .expect("doc");
+    store
+        .put_document(u, "vcard", "<vCard>2</vCard>")
+        .await
+        .expect("vcard");
+    store
+        .append(&[chat(ac, "c@x", "a@x", 2, None)])
+        .await
+        .expect("append");
+    // Not a move: the position stays 1, so this is no change.
+    store.mark_read(o, ab, 1).await.expect("mark");
+
+    let changes = store
+        .sync(u, o, Some(&snapshot.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(!changes.full && !changes.more, "{changes:?}");
+    let shown_d = RosterItem {
+        pending_in: None,
+        ..item("d@x")
+    };
+    assert_eq!(changes.roster, [renamed.clone(), shown_d]);
+    assert_eq!(changes.roster_removed, ["b@x"]);
+    assert_eq!(
+        changes.documents,
+        [DocumentChange {
+            key: bookmarks.into(),
+            xml: Some("<storage>2</storage>".into())
+        }]
+    );
+    assert!(changes.read_positions.is_empty(), "{changes:?}");
+    assert_eq!(summaries(&changes.conversations), [("c@x", 1, 0, 1)]);
+
+    // Hiding an item again is a removal too; a moved read position brings its conversation.
+    store
+        .append(&[chat(ab, "b@x", "a@x", 3, None)])
+        .await
+        .expect("append");
+    let since = store
+        .sync(u, o, Some(&changes.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(summaries(&since.conversations), [("b@x", 2, 1, 1)]);
+    store.put_roster_item(u, &hidden).await.expect("hide");
+    store.mark_read(o, ab, 2).await.expect("mark");
+    let later = store
+        .sync(u, o, Some(&since.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(later.roster.is_empty());
+    assert_eq!(later.roster_removed, ["d@x"]);
+    assert_eq!(later.read_positions, [(ab.to_owned(), 2)]);
+    assert_eq!(summaries(&later.conversations), [("b@x", 2, 2, 0)]);
+
+    // A new snapshot shows the state, not the history: no removals.
+    let again = store
+        .sync(u, o, None, MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(again.full);
+    assert_eq!(again.roster, [renamed]);
+    assert!(again.roster_removed.is_empty());
+    assert_eq!(
+        summaries(&again.conversations),
+        [("b@x", 2, 2, 0), ("c@x", 1, 0, 1)]
+    );
+}
+
+/// The same token answers the same feed as long as nothing changed; tokens this store did
+/// not hand out, or handed out before the account existed, are refused.
+pub async fn client_view_sync_token_reuse_and_bad_tokens(store: &dyn Store) {
+    let (u, o) = ("a", "a@x");
+    let before_account = store.sync(u, o, None, 10).await.expect("sync").next;
+    store
+        .create_account(u, &credentials(1))
+        .await
+        .expect("create");
+    let result = store.sync(u, o, Some(&before_account), 10).await;
+    assert!(
+        matches!(result, Err(SyncError::TokenPredatesAccount)),
+        "{result:?}"
+    );
+
+    let start = store.sync(u, o, None, 10).await.expect("sync").next;
+    store.put_roster_item(u, &item("b@x")).await.expect("put");
+    store
+        .append(&[chat("a@x b@x", "b@x", "a@x", 1, None)])
+        .await
+        .expect("append");
+    store.mark_read(o, "a@x b@x", 1).await.expect("mark");
+    let first = store.sync(u, o, Some(&start), 10).await.expect("sync");
+    let second = store.sync(u, o, Some(&start), 10).await.expect("sync");
+    assert_eq!(first, second);
+    assert_eq!(first.roster, [item("b@x")]);
+    assert_eq!(first.conversations.len(), 1);
+    // The token is opaque text that survives a round trip.
+    let parsed = SyncToken::parse(&first.next.encode(o), o).expect("parse");
+    assert_eq!(parsed, first.next);
+
+    let ahead = SyncToken {
+        position: first.next.position + 1,
+        ..first.next.clone()
+    };
+    let result = store.sync(u, o, Some(&ahead), 10).await;
+    assert!(
+        matches!(result, Err(SyncError::TokenAhead { .. })),
+        "{result:?}"
+    );
+    let foreign = SyncToken {
+        store: "0".repeat(SyncToken::STORE_ID_LEN),
+        position: 1,
+    };
+    let result = store.sync(u, o, Some(&foreign), 10).await;
+    assert!(matches!(result, Err(SyncError::ForeignToken)), "{result:?}");
+    assert_eq!(first.next.store.len(), SyncToken::STORE_ID_LEN);
+}
+
+/// A feed larger than the limit pages with `more`, never splitting the records of one write
+/// (one archive batch touching many conversations shares one position), and the pages
+/// together are the whole state.
+pub async fn client_view_sync_pages_at_position_boundaries(store: &dyn Store) {
+    let (u, o) = ("a", "a@x");
+    for n in 0..10 {
+        store
+            .put_roster_item(u, &item(&format!("c{n}@x")))
+            .await
+            .expect("put");
+    }
+    let feeds = sync_all(store, u, o, None, 3).await;
+    assert_eq!(feeds.len(), 4, "{feeds:?}");
+    assert!(feeds[0].full && feeds.iter().skip(1).all(|f| !f.full));
+    assert!(feeds.iter().all(|f| f.roster.len() <= 3));
+    let mut mirror = Mirror::default();
+    for feed in &feeds {
+        mirror.apply(feed);
+    }
+    assert_eq!(mirror.roster.len(), 10);
+
+    let token = feeds.last().map(|f| f.next.clone()).expect("token");
+    let batch: Vec<NewMessage> = (0..5)
+        .map(|n| {
+            let peer = format!("p{n}@x");
+            chat(&format!("a@x {peer}"), &peer, "a@x", n, None)
+        })
+        .collect();
+    store.append(&batch).await.expect("append");
+    store
+        .put_roster_item(u, &item("late@x"))
+        .await
+        .expect("put");
+    let page = store.sync(u, o, Some(&token), 2).await.expect("sync");
+    assert_eq!(page.conversations.len(), 5, "{page:?}");
+    assert!(page.roster.is_empty() && page.more, "{page:?}");
+    let rest = store.sync(u, o, Some(&page.next), 2).await.expect("sync");
+    assert_eq!(rest.roster, [item("late@x")]);
+    assert!(rest.conversations.is_empty() && !rest.more, "{rest:?}");
+    // An exhausted feed answers nothing more and keeps its position.
+    let idle = store.sync(u, o, Some(&rest.next), 2).await.expect("sync");
+    assert_eq!(idle.next, rest.next);
+    assert!(!idle.more && idle.roster.is_empty());
+}
+
+/// A device that keeps syncing with the returned token while roster, private storage, read
+/// positions and the archive change concurrently ends up with exactly the store's state:
+/// no change is skipped, whatever commits while a feed is read.
+pub async fn client_view_sync_never_skips_interleaved_writes(store: &dyn Store) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const ROUNDS: usize = 40;
+    let (u, o) = ("a", "a@x");
+    let done = AtomicBool::new(false);
+    let writers = async {
+        for n in 0..ROUNDS {
+            let contact = format!("c{}@x", n % 7);
+            if n % 5 == 4 {
+                store.remove_roster_item(u, &contact).await.expect("remove");
+            } else {
+                let changed = RosterItem {
+                    name: Some(format!("round {n}")),
+                    ..item(&contact)
+                };
+                store.put_roster_item(u, &changed).await.expect("put");
+            }
+            let key = format!("k{}|urn:x", n % 3);
+            store
+                .put_document(u, &key, &format!("<k n='{n}'/>"))
+                .await
+                .expect("doc");
+            let peer = format!("p{}@x", n % 4);
+            let conversation = format!("a@x {peer}");
+            store
+                .append(&[
+                    chat(&conversation, &peer, "a@x", n as i64, None),
+                    chat("a@x q@x", "a@x", "q@x", n as i64, None),
+                ])
+                .await
+                .expect("append");
+            let read = store.last_seq(&conversation).await.expect("last") / 2;
+            store.mark_read(o, &conversation, read).await.expect("mark");
+            tokio::task::yield_now().await;
+        }
+        done.store(true, Ordering::SeqCst);
+    };
+    let reader = async {
+        let mut mirror = Mirror::default();
+        let mut token: Option<SyncToken> = None;
+        let mut feeds = 0;
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            let feed = store.sync(u, o, token.as_ref(), 5).await.expect("sync");
+            mirror.apply(&feed);
+            feeds += 1;
+            let more = feed.more;
+            token = Some(feed.next);
+            // Only a feed that started after the writers finished and has nothing more can
+            // be the last one.
+            if finished && !more {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        (mirror, feeds)
+    };
+    let ((), (mirror, feeds)) = tokio::join!(writers, reader);
+    assert!(
+        feeds > 2,
+        "the reader ran alongside the writers ({feeds} feeds)"
+    );
+
+    let mut expected = Mirror::default();
+    for feed in sync_all(store, u, o, None, MAX_SYNC_CHANGES).await {
+        expected.apply(&feed);
+    }
+    assert_eq!(mirror, expected);
+    // And the snapshot is the state the other ports report.
+    let (_, roster) = store.roster(u).await.expect("roster");
+    let visible: Vec<&str> = roster.iter().map(|i| i.jid.as_str()).collect();
+    let mirrored: Vec<&str> = mirror.roster.keys().map(String::as_str).collect();
+    assert_eq!(visible, mirrored);
+    let read: Vec<(String, u64)> = mirror.read.clone().into_iter().collect();
+    assert_eq!(read, store.read_positions(o).await.expect("read"));
+    let listed = store.conversations(o, None, 500).await.expect("list");
+    assert_eq!(listed.conversations.len(), mirror.conversations.len());
+    for c in &listed.conversations {
+        assert_eq!(
+            mirror.conversations.get(&c.conversation),
+            Some(&(c.last_seq, c.read_seq, c.unread)),
+            "{}",
+            c.conversation
+        );
+    }
+}
+
+/// Deleting an account removes its conversation memberships and change records; an account
+/// created again under the name gets back its side of the conversations its peers kept, and
+/// tokens of the old account are refused.
+pub async fn client_view_rows_go_with_the_account(store: &dyn Store) {
+    let (u, o, ab) = ("a", "a@x", "a@x b@x");
+    store
+        .create_account(u, &credentials(1))
+        .await
+        .expect("create");
+    store
+        .create_account("b", &credentials(2))
+        .await
+        .expect("create");
+    store.put_roster_item(u, &item("b@x")).await.expect("put");
+    store.put_document(u, "q|urn:x", "<q/>").await.expect("doc");
+    store
+        .append(&[chat(ab, "b@x", "a@x", 1, None)])
+        .await
+        .expect("append");
+    store.mark_read(o, ab, 1).await.expect("mark");
+    store.mark_read("b@x", ab, 1).await.expect("mark");
+    let old = store.sync(u, o, None, 10).await.expect("sync").next;
+
+    store.delete_account(u).await.expect("delete");
+    assert!(
+        store
+            .conversations(o, None, 10)
+            .await
+            .expect("list")
+            .conversations
+            .is_empty()
+    );
+    let gone = store.sync(u, o, None, 10).await.expect("sync");
+    assert!(gone.roster.is_empty() && gone.documents.is_empty());
+    assert!(gone.read_positions.is_empty() && gone.conversations.is_empty());
+    let b_view = store.conversations("b@x", None, 10).await.expect("list");
+    assert_eq!(summaries(&b_view.conversations), [("a@x", 1, 1, 0)]);
+
+    store
+        .create_account(u, &credentials(3))
+        .await
+        .expect("create");
+    let result = store.sync(u, o, Some(&old), 10).await;
+    assert!(
+        matches!(result, Err(SyncError::TokenPredatesAccount)),
+        "{result:?}"
+    );
+    store
+        .append(&[chat(ab, "b@x", "a@x", 2, None)])
+        .await
+        .expect("append");
+    let back = store.conversations(o, None, 10).await.expect("list");
+    assert_eq!(summaries(&back.conversations), [("b@x", 2, 0, 2)]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Registered apps (core::apps)
+
+/// The lifecycle through the core policy: a created app is listed, its secret verifies and
+/// nothing else does, and after deletion it neither lists nor verifies.
+pub async fn apps_create_list_verify_delete(store: &dyn Store) {
+    use confab_core::apps;
+    assert!(store.list_apps().await.expect("list").is_empty());
+    let first = apps::create(store, "reports", 1_000).await.expect("create");
+    let second = apps::create(store, "dashboard", 2_000)
+        .await
+        .expect("create");
+    assert_ne!(first.app.client_id, second.app.client_id);
+    assert_ne!(first.secret, second.secret);
+    assert_eq!(
+        store.list_apps().await.expect("list"),
+        [first.app.clone(), second.app.clone()]
+    );
+    let verified = apps::verify(store, &first.app.client_id, &first.secret)
+        .await
+        .expect("verify");
+    assert_eq!(verified, Some(first.app.clone()));
+    // Another app's secret, an unknown id and an empty secret all fail.
+    for (id, secret) in [
+        (first.app.client_id.as_str(), second.secret.as_str()),
+        ("unknown", first.secret.as_str()),
+        (first.app.client_id.as_str(), ""),
+    ] {
+        assert_eq!(apps::verify(store, id, secret).await.expect("verify"), None);
+    }
+    store
+        .delete_app(&first.app.client_id)
+        .await
+        .expect("delete");
+    assert!(matches!(
+        store.delete_app(&first.app.client_id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.list_apps().await.expect("list"),
+        std::slice::from_ref(&second.app)
+    );
+    assert_eq!(
+        apps::verify(store, &first.app.client_id, &first.secret)
+            .await
+            .expect("verify"),
+        None
+    );
+    assert!(
+        apps::verify(store, &second.app.client_id, &second.secret)
+            .await
+            .expect("verify")
+            .is_some()
+    );
+}
+
+/// The port itself: a client id is unique, the hash comes back bit for bit, and names keep
+/// their Unicode.
+pub async fn apps_put_conflict_and_hash_round_trip(store: &dyn Store) {
+    use confab_core::apps::App;
+    let app = App {
+        client_id: "c1".into(),
+        name: "Ünïcode app".into(),
+        created_ms: 5,
+    };
+    let hash: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+    assert_eq!(store.app_secret("c1").await.expect("get"), None);
+    store.put_app(&app, &hash).await.expect("put");
+    assert!(matches!(
+        store.put_app(&app, &[0; 32]).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        store.app_secret("c1").await.expect("get"),
+        Some((app.clone(), hash))
+    );
+    assert!(matches!(
+        store.delete_app("c2").await,
+        Err(StoreError::NotFound)
+    ));
 }

@@ -1,8 +1,10 @@
 //! Opening the SQLite database and the plumbing shared by every store trait implementation.
 
 mod accounts;
+mod apps;
 mod archive;
 mod blocks;
+mod client_view;
 mod documents;
 mod offline;
 mod read_state;

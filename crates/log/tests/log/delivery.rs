@@ -148,6 +148,7 @@ async fn commit_failure_answers_the_sender_and_delivers_nothing() {
             .await
             .expect("store"),
         failing: AtomicBool::new(false),
+        offline_down: AtomicBool::new(false),
     });
     create_users(flaky.as_ref()).await;
     let router = router_over(flaky.clone() as Arc<dyn Store>);
@@ -208,6 +209,79 @@ async fn message_for_an_offline_account_is_committed_then_stored_with_its_stanza
     assert_eq!(body(&offline).as_deref(), Some("later"));
     assert_eq!(
         stanza_ids(&offline),
+        [(receipt.server_id, "bob@localhost".to_owned())]
+    );
+}
+
+/// The offline queue is a view over the archive: it names the archived message instead of
+/// copying it, so a full copy quota cannot bounce a message its sender holds a receipt for.
+#[tokio::test]
+async fn offline_queue_references_the_archive_and_ignores_the_copy_quota() {
+    let store: Arc<dyn Store> = Arc::new(
+        confab_store::SqliteStore::open_in_memory()
+            .await
+            .expect("store")
+            .with_offline_quota(0),
+    );
+    create_users(store.as_ref()).await;
+    let router = router_over(store.clone());
+    let mut alice = Client::available(&router, "alice@localhost/a").await;
+    alice
+        .chat("bob@localhost", "", "while you were out", "")
+        .await;
+    let receipt = alice.receipt().await;
+    // No error follows the receipt, although bob's quota for copies is zero.
+    alice.expect_silence().await;
+
+    let queued = store.take_offline("bob").await.expect("take");
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(
+        queued[0].archived.as_deref(),
+        Some(receipt.server_id.as_str())
+    );
+    let archived = store
+        .message_by_id(&receipt.server_id)
+        .await
+        .expect("lookup")
+        .expect("archived");
+    assert_eq!(queued[0].xml, archived.xml);
+}
+
+/// The offline entry of a message for an absent recipient is written by the commit itself:
+/// with every later write to the offline queue failing (as after a crash right after the
+/// commit), the acknowledged message still reaches the recipient at the next login, once.
+#[tokio::test]
+async fn offline_entry_is_part_of_the_commit() {
+    let flaky = Arc::new(FlakyStore {
+        inner: confab_store::SqliteStore::open_in_memory()
+            .await
+            .expect("store"),
+        failing: AtomicBool::new(false),
+        offline_down: AtomicBool::new(true),
+    });
+    create_users(flaky.as_ref()).await;
+    let router = router_over(flaky.clone() as Arc<dyn Store>);
+    let mut alice = Client::available(&router, "alice@localhost/a").await;
+    alice
+        .chat("bob@localhost", "id='k1'", "kept by the commit", "")
+        .await;
+    let receipt = alice.receipt().await;
+    alice.expect_silence().await;
+
+    let mut bob = Client::connect(&router, "bob@localhost/b").await;
+    bob.send("<presence xmlns='jabber:client'/>").await;
+    let mut delivered = Vec::new();
+    for _ in 0..2 {
+        let stanza = bob.recv().await;
+        if stanza.element.name() == "message" {
+            delivered.push(stanza);
+        }
+    }
+    bob.expect_silence().await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(body(&delivered[0]).as_deref(), Some("kept by the commit"));
+    assert_eq!(
+        stanza_ids(&delivered[0]),
         [(receipt.server_id, "bob@localhost".to_owned())]
     );
 }

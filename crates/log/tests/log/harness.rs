@@ -183,10 +183,13 @@ pub fn stanza_ids(stanza: &Stanza) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A store whose archive commits fail while `failing` is set; everything else delegates.
+/// A store whose archive commits fail while `failing` is set, and whose offline queue
+/// refuses writes while `offline_down` is set (a crash right after a commit looks the same
+/// to the queue); everything else delegates.
 pub struct FlakyStore {
     pub inner: confab_store::SqliteStore,
     pub failing: AtomicBool,
+    pub offline_down: AtomicBool,
 }
 
 impl FlakyStore {
@@ -276,7 +279,16 @@ impl RosterStore for FlakyStore {
 #[async_trait]
 impl OfflineStore for FlakyStore {
     async fn push_offline(&self, username: &str, message: &OfflineMessage) -> StoreResult<()> {
+        if self.offline_down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("offline queue down".into()));
+        }
         self.inner.push_offline(username, message).await
+    }
+    async fn push_offline_archived(&self, username: &str, server_id: &str) -> StoreResult<()> {
+        if self.offline_down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("offline queue down".into()));
+        }
+        self.inner.push_offline_archived(username, server_id).await
     }
     async fn take_offline(&self, username: &str) -> StoreResult<Vec<OfflineMessage>> {
         self.inner.take_offline(username).await
@@ -366,5 +378,28 @@ impl confab_core::client_view::ClientViewStore for FlakyStore {
         limit: u32,
     ) -> Result<confab_core::client_view::SyncFeed, confab_core::client_view::SyncError> {
         self.inner.sync(username, owner, since, limit).await
+    }
+}
+
+#[async_trait]
+impl confab_core::apps::AppStore for FlakyStore {
+    async fn put_app(
+        &self,
+        app: &confab_core::apps::App,
+        secret_hash: &[u8; 32],
+    ) -> StoreResult<()> {
+        self.inner.put_app(app, secret_hash).await
+    }
+    async fn list_apps(&self) -> StoreResult<Vec<confab_core::apps::App>> {
+        self.inner.list_apps().await
+    }
+    async fn delete_app(&self, client_id: &str) -> StoreResult<()> {
+        self.inner.delete_app(client_id).await
+    }
+    async fn app_secret(
+        &self,
+        client_id: &str,
+    ) -> StoreResult<Option<(confab_core::apps::App, [u8; 32])>> {
+        self.inner.app_secret(client_id).await
     }
 }

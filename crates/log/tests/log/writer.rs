@@ -30,6 +30,7 @@ fn build(conversation: usize, client_id: Option<String>, server_id: String) -> N
         stamp_ms: chrono::Utc::now().timestamp_millis(),
         xml,
         counts_unread: true,
+        for_later: false,
     }
 }
 

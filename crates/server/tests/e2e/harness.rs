@@ -234,6 +234,20 @@ impl Server {
         add_user(self.dir.path(), &self.env, user, password).await;
     }
 
+    /// Runs `confab ARGS --data-dir DIR` on this server's data directory while the server
+    /// runs, as an operator would, and returns what it printed.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(CONFAB);
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null());
+        clean_env(&mut command, &self.env);
+        command.env("RUST_LOG", "warn");
+        command.output().await.expect("run confab")
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -273,6 +287,18 @@ impl Server {
             self.http,
             path,
             &format!("Authorization: Bearer {token}\r\n"),
+        )
+        .await
+    }
+
+    /// `POST path` with a JSON body and `Authorization: Bearer token`.
+    pub async fn http_post_json_bearer(&self, path: &str, token: &str, json: &str) -> HttpResponse {
+        http_request(
+            self.http,
+            "POST",
+            path,
+            &format!("Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"),
+            json,
         )
         .await
     }
@@ -827,6 +853,33 @@ pub struct HttpResponse {
 /// `GET path` over HTTP/1.1 with `Connection: close`; the whole exchange within [`STEP`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     http_get_with(addr, path, "").await
+}
+
+/// `method path` with extra raw header lines (each ending in `\r\n`) and a body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> HttpResponse {
+    tokio::time::timeout(STEP, async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+    .map(|raw| parse_http(&raw))
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 /// Like [`http_get`] with extra raw header lines, each ending in `\r\n`.

@@ -4,10 +4,13 @@
 //! One test binary (one link step) with a module per area; every test starts its own server
 //! (see [`harness`]), so tests are independent and run in parallel.
 
+mod client_api;
+mod client_send;
 mod fds;
 mod harness;
 mod http;
 mod im;
+mod introspect;
 mod limits;
 mod mam;
 mod negotiation;

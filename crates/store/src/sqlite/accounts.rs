@@ -55,12 +55,19 @@ impl AccountStore for SqliteStore {
             "DELETE FROM roster_items WHERE owner = ?",
             "DELETE FROM roster_versions WHERE owner = ?",
             "DELETE FROM offline_messages WHERE owner = ?",
+            "DELETE FROM offline_cursors WHERE owner = ?",
             "DELETE FROM documents WHERE owner = ?",
             "DELETE FROM blocklist WHERE owner = ?",
             // These are keyed by bare JID; the store does not know the domain, so they are
             // matched by the localpart before the '@' (exact, no LIKE wildcards).
             "DELETE FROM read_state WHERE substr(owner, 1, instr(owner, '@') - 1) = ?",
             "DELETE FROM im_tokens WHERE substr(owner, 1, instr(owner, '@') - 1) = ?",
+            // Client views (migration 0006), last: deleting the rows above records changes.
+            // Username-keyed rows, then bare-JID-keyed ones by the primary-key range of the
+            // JIDs with this localpart ('A' follows '@').
+            "DELETE FROM sync_changes WHERE owner = ?1",
+            "DELETE FROM sync_changes WHERE owner >= ?1 || '@' AND owner < ?1 || 'A'",
+            "DELETE FROM conversation_members WHERE owner >= ?1 || '@' AND owner < ?1 || 'A'",
         ] {
             sqlx::query(statement)
                 .bind(username)

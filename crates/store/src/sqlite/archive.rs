@@ -5,7 +5,7 @@
 //! step is one statement for the whole batch, whatever its size: the batch travels as one
 //! JSON array parameter that `json_each` unpacks inside SQLite. Every statement of sqlx's
 //! SQLite driver is a round trip to the connection's worker thread, so this keeps a 256-row
-//! batch at five round trips instead of hundreds, and the statement text stays constant, so
+//! batch at six round trips instead of hundreds, and the statement text stays constant, so
 //! each stays prepared in the statement cache.
 
 use std::collections::HashMap;
@@ -37,19 +37,26 @@ macro_rules! find_duplicates {
 /// loop, so each key is one lookup in the `messages_client_id` index.
 const FIND_DUPLICATES: &str = find_duplicates!();
 
-/// Advances each `[conversation, count]` by `count` and returns the new last sequence. The
+/// Advances each `[conversation, count]` by `count`, stamps it with the batch's change
+/// position `?2` (its `activity`, see migration 0006) and returns the new last sequence. The
 /// `WHERE true` resolves SQLite's parsing ambiguity between `INSERT … SELECT` and upsert.
-const ALLOCATE_SEQUENCES: &str = "INSERT INTO conversations (conversation, last_seq) \
-     SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true \
-     ON CONFLICT (conversation) DO UPDATE SET last_seq = last_seq + excluded.last_seq \
+const ALLOCATE_SEQUENCES: &str = "INSERT INTO conversations (conversation, last_seq, activity) \
+     SELECT value ->> 0, value ->> 1, ?2 FROM json_each(?1) WHERE true \
+     ON CONFLICT (conversation) DO UPDATE SET last_seq = last_seq + excluded.last_seq, \
+     activity = excluded.activity \
      RETURNING conversation, last_seq";
 
+/// Takes the batch's change position from the store-wide counter the client views read
+/// (core::client_view): one position for the whole batch, since it commits as one.
+const NEXT_CHANGE_POSITION: &str = "UPDATE change_seq SET last = last + 1 RETURNING last";
+
 /// Inserts `[server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml,
-/// counts_unread]` rows.
+/// counts_unread, for_later]` rows.
 const INSERT_MESSAGES: &str = "INSERT INTO messages \
-     (server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml, counts_unread) \
+     (server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml, counts_unread, \
+      for_later) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-     value ->> 6, value ->> 7, value ->> 8 FROM json_each(?1)";
+     value ->> 6, value ->> 7, value ->> 8, value ->> 9 FROM json_each(?1)";
 
 /// Column list shared by the read queries, in [`MessageRow`] order.
 macro_rules! columns {
@@ -247,8 +254,13 @@ impl ArchiveStore for SqliteStore {
                 .iter()
                 .map(|(conversation, count)| json!([conversation, count]))
                 .collect();
+            let change_position: i64 = sqlx::query_scalar(NEXT_CHANGE_POSITION)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
             let allocated: Vec<(String, i64)> = sqlx::query_as(ALLOCATE_SEQUENCES)
                 .bind(Value::Array(request).to_string())
+                .bind(change_position)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(unavailable)?;
@@ -283,7 +295,8 @@ impl ArchiveStore for SqliteStore {
                     m.client_id,
                     m.stamp_ms,
                     m.xml,
-                    m.counts_unread
+                    m.counts_unread,
+                    m.for_later
                 ]));
                 receipts[i] = Some(CommitReceipt {
                     server_id: m.server_id.clone(),

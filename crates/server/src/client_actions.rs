@@ -1,0 +1,156 @@
+//! The client API's write side over the router: what `POST /api/v1/messages` and
+//! `POST /api/v1/read` do, as the session the caller's IM token is bound to.
+
+use async_trait::async_trait;
+use confab_core::archive::{direct_conversation, new_server_id};
+use confab_core::stanza::element;
+use confab_core::{BareJid, Element, FullJid, Jid, Stanza, ns};
+use confab_http::api::Caller;
+use confab_http::api::send::{ActionError, ClientActions, ReadState, SendRequest, SentMessage};
+use confab_log::{CommitOutcome, capture_commit};
+use confab_modules::markers::advance_read_position;
+use confab_router::Router;
+use confab_sessions::Resource;
+use std::sync::Arc;
+
+/// XEP-0184 message delivery receipts.
+const RECEIPTS: &str = "urn:xmpp:receipts";
+/// XEP-0333 chat markers.
+const MARKERS: &str = "urn:xmpp:chat-markers:0";
+/// XEP-0359 unique and stable stanza ids.
+const SID: &str = "urn:xmpp:sid:0";
+
+/// [`ClientActions`] through the router, so API messages take the stream's path.
+pub struct RouterActions {
+    router: Arc<Router>,
+}
+
+impl RouterActions {
+    /// Acts through `router`.
+    pub fn new(router: Arc<Router>) -> Self {
+        Self { router }
+    }
+
+    /// The live session the caller's token is bound to: the same full JID and the same
+    /// session, not a later one that took over the resource.
+    fn session(&self, caller: &Caller) -> Result<Arc<Resource>, ActionError> {
+        let full: FullJid = caller
+            .token
+            .full_jid
+            .parse()
+            .map_err(|_| ActionError::SessionGone)?;
+        self.router
+            .sessions
+            .get(&full)
+            .filter(|resource| resource.id == caller.token.session)
+            .ok_or(ActionError::SessionGone)
+    }
+
+    /// Errors unless `to` is an account of this server.
+    async fn check_recipient(&self, to: &BareJid) -> Result<(), ActionError> {
+        let missing = || ActionError::NoSuchAccount(to.to_string());
+        if !self.router.is_local_account(&Jid::from(to.clone())) {
+            return Err(missing());
+        }
+        let node = to.node().ok_or_else(missing)?;
+        if self.router.store.account_exists(node.as_str()).await? {
+            Ok(())
+        } else {
+            Err(missing())
+        }
+    }
+}
+
+/// The `<message/>` a request stands for, as the session's client would have sent it.
+fn message(from: &FullJid, to: &BareJid, id: &str, request: &SendRequest) -> Element {
+    let mut message = element(
+        "message",
+        ns::CLIENT,
+        &[
+            ("type", "chat"),
+            ("id", id),
+            ("from", from.as_str()),
+            ("to", to.as_str()),
+        ],
+    );
+    let mut body = Element::bare("body", ns::CLIENT);
+    body.append_text_node(request.body.as_str());
+    message.append_child(body);
+    if let Some(thread) = &request.thread {
+        let mut node = Element::bare("thread", ns::CLIENT);
+        node.append_text_node(thread.as_str());
+        message.append_child(node);
+    }
+    if request.request_receipt {
+        message.append_child(Element::bare("request", RECEIPTS));
+    }
+    if request.markable {
+        message.append_child(Element::bare("markable", MARKERS));
+    }
+    // XEP-0359 §3.1: the id recipients and the log recognise the message by.
+    message.append_child(element("origin-id", SID, &[("id", id)]));
+    message
+}
+
+#[async_trait]
+impl ClientActions for RouterActions {
+    async fn send_message(
+        &self,
+        caller: &Caller,
+        request: SendRequest,
+    ) -> Result<SentMessage, ActionError> {
+        let origin = self.session(caller)?;
+        let to = BareJid::new(&request.to).map_err(|_| {
+            ActionError::Invalid(format!("'to' is not a valid JID: {}", request.to))
+        })?;
+        self.check_recipient(&to).await?;
+        let id = request.id.clone().unwrap_or_else(new_server_id);
+        let stanza = Stanza::from_element(message(&origin.jid, &to, &id, &request))
+            .map_err(|error| ActionError::Invalid(error.to_string()))?;
+
+        let ((), outcome) = capture_commit(self.router.inbound(&origin, stanza)).await;
+        match outcome {
+            Some(CommitOutcome::Committed { receipt, duplicate }) => Ok(SentMessage {
+                id,
+                server_id: receipt.server_id,
+                seq: receipt.seq,
+                to: to.to_string(),
+                stamp_ms: receipt.stamp_ms,
+                duplicate,
+            }),
+            Some(CommitOutcome::Failed(error)) => Err(error.into()),
+            // Nothing reached the log: blocking (either side) stopped it; the session got
+            // the XEP-0191 error as a stream client would.
+            None => Err(ActionError::Refused(
+                "the message was blocked and not stored".into(),
+            )),
+        }
+    }
+
+    async fn mark_read(
+        &self,
+        caller: &Caller,
+        with: &BareJid,
+        seq: u64,
+    ) -> Result<ReadState, ActionError> {
+        let conversation = direct_conversation(&caller.owner, with);
+        let last = self.router.store.last_seq(&conversation).await?;
+        if seq > last {
+            return Err(ActionError::SeqOutOfRange { seq, last });
+        }
+        // The device that read needs no push; every other one gets it.
+        let position = advance_read_position(
+            &self.router,
+            &caller.owner,
+            with,
+            seq,
+            Some(caller.token.session),
+        )
+        .await?;
+        Ok(ReadState {
+            with: with.to_string(),
+            seq: position.seq,
+            unread: position.unread,
+        })
+    }
+}
