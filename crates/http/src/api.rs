@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_core::BareJid;
 use confab_core::archive::{ArchivedMessage, direct_conversation};
-use confab_core::store::{Store, TokenInfo};
+use confab_core::store::{Store, StoreError, TokenInfo};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -28,9 +28,9 @@ pub const DEFAULT_PAGE: u32 = 50;
 /// Checks an IM token and says whose it is.
 #[async_trait]
 pub trait TokenVerifier: Send + Sync {
-    /// The record of a live token (its account, session and lifetime), or `None` if it is
-    /// unknown, expired or revoked.
-    async fn verify(&self, token: &str) -> Option<TokenInfo>;
+    /// The record of a live token (its account, session and lifetime), `None` if it is
+    /// unknown, expired or revoked, an error when storage cannot tell.
+    async fn verify(&self, token: &str) -> Result<Option<TokenInfo>, StoreError>;
 }
 
 /// The caller of a client API request, as proven by its bearer token.
@@ -131,8 +131,10 @@ pub async fn caller(
     let Some(token) = token else {
         return Err(unauthorized("missing bearer token"));
     };
-    let Some(info) = api.tokens.verify(token).await else {
-        return Err(unauthorized("unknown, expired or revoked token"));
+    let info = match api.tokens.verify(token).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return Err(unauthorized("unknown, expired or revoked token")),
+        Err(error) => return Err(storage_error(&error)),
     };
     match BareJid::new(&info.owner) {
         Ok(owner) => Ok((api, Caller { owner, token: info })),

@@ -155,8 +155,11 @@ async fn respond(
     let Some(token) = body.token.as_deref() else {
         return invalid_request("form parameter 'token' is required");
     };
-    let Some(info) = api.tokens.verify(token).await else {
-        return Json(Introspection::default()).into_response();
+    let info = match api.tokens.verify(token).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return Json(Introspection::default()).into_response(),
+        // "Inactive" would tell the app to log its user out; storage trouble is not that.
+        Err(error) => return storage_error(&error),
     };
     let Ok(owner) = BareJid::new(&info.owner) else {
         // Only a hand-edited token table gets here; such a token authenticates nobody.

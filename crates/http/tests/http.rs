@@ -207,14 +207,24 @@ struct OneToken;
 
 #[async_trait::async_trait]
 impl confab_http::api::TokenVerifier for OneToken {
-    async fn verify(&self, token: &str) -> Option<confab_core::store::TokenInfo> {
-        (token == "good-token").then(|| confab_core::store::TokenInfo {
-            owner: "alice@localhost".into(),
-            full_jid: "alice@localhost/phone".into(),
-            session: 1,
-            created_ms: 0,
-            expires_ms: i64::MAX,
-        })
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<Option<confab_core::store::TokenInfo>, confab_core::store::StoreError> {
+        if token == "storage-down" {
+            return Err(confab_core::store::StoreError::Unavailable(
+                "disk gone".into(),
+            ));
+        }
+        Ok(
+            (token == "good-token").then(|| confab_core::store::TokenInfo {
+                owner: "alice@localhost".into(),
+                full_jid: "alice@localhost/phone".into(),
+                session: 1,
+                created_ms: 0,
+                expires_ms: i64::MAX,
+            }),
+        )
     }
 }
 
@@ -312,6 +322,25 @@ async fn history_rejects_bad_queries_with_json_errors() {
             !reply.json()["message"].as_str().unwrap_or("").is_empty(),
             "{path}"
         );
+    }
+    server.stop().await.expect("stop");
+}
+
+/// Storage trouble while checking the token is a 503 the client retries, not a 401 that
+/// would send it back to log in.
+#[tokio::test]
+async fn token_check_failure_is_503_storage_unavailable() {
+    let server = Server::start(api_state(1).await).await;
+    let auth = "Authorization: Bearer storage-down\r\n";
+    for (method, path) in [
+        ("GET", "/api/v1/history?with=bob@localhost"),
+        ("GET", "/api/v1/conversations"),
+        ("GET", "/api/v1/sync"),
+        ("POST", "/api/v1/read"),
+    ] {
+        let reply = server.request_with(method, path, auth).await;
+        assert_eq!(reply.status, 503, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.json()["error"], "storage_unavailable", "{path}");
     }
     server.stop().await.expect("stop");
 }

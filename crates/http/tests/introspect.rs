@@ -17,20 +17,30 @@ use serde_json::json;
 const PATH: &str = "/api/v1/token/introspect";
 const FORM: &str = "Content-Type: application/x-www-form-urlencoded\r\n";
 const LIVE: &str = "live-token";
+/// A token whose lookup fails as if the database were down.
+const STORAGE_DOWN: &str = "storage-down";
 
 /// Knows one live token, alice's phone session.
 struct OneToken;
 
 #[async_trait::async_trait]
 impl confab_http::api::TokenVerifier for OneToken {
-    async fn verify(&self, token: &str) -> Option<TokenInfo> {
-        (token == LIVE).then(|| TokenInfo {
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<Option<TokenInfo>, confab_core::store::StoreError> {
+        if token == STORAGE_DOWN {
+            return Err(confab_core::store::StoreError::Unavailable(
+                "disk gone".into(),
+            ));
+        }
+        Ok((token == LIVE).then(|| TokenInfo {
             owner: "alice@example.org".into(),
             full_jid: "alice@example.org/phone".into(),
             session: 3,
             created_ms: 1_700_000_000_123,
             expires_ms: 1_700_086_400_999,
-        })
+        }))
     }
 }
 
@@ -127,6 +137,24 @@ async fn unknown_token_is_exactly_inactive() {
         assert_eq!(reply.body, r#"{"active":false}"#, "{body}");
         assert_eq!(reply.header("cache-control"), Some("no-store"));
     }
+    server.stop().await;
+}
+
+/// A failed lookup is not "inactive" (which would log the user out of the app): 503.
+#[tokio::test]
+async fn storage_failure_is_503_not_inactive() {
+    let (server, _store, app) = setup().await;
+    let auth = basic(&app.app.client_id, &app.secret);
+    let reply = server
+        .send(
+            "POST",
+            PATH,
+            &format!("{auth}{FORM}"),
+            &format!("token={STORAGE_DOWN}"),
+        )
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "storage_unavailable");
     server.stop().await;
 }
 

@@ -129,8 +129,10 @@ impl Module for LogModule {
         let client_id = receipt::client_id(&stanza.element);
         let conversation = direct_conversation(&sender, &recipient);
         let counts_unread = stanza.element.has_child("body", ns::CLIENT);
-        // Decided before the commit so the offline entry is part of it (see `for_later`);
-        // `Offline` recognises such a message at `on_offline_message` and writes nothing.
+        // Decided before the commit so the offline entry is part of it (see `for_later`), and
+        // under the gate, held until the commit is done, so the offline delivery of an
+        // availability this check missed waits for the commit and takes the message.
+        let gate = router.sessions.offline_gate(&recipient).read().await;
         let for_later = !has_receiver(router, stanza.to.as_ref(), &recipient);
         let element = &mut stanza.element;
         let build = |server_id: String| {
@@ -160,6 +162,7 @@ impl Module for LogModule {
                 return Flow::Handled;
             }
         };
+        drop(gate);
 
         let duplicate = committed.duplicate;
         let ack = Receipt {
@@ -184,6 +187,11 @@ impl Module for LogModule {
             // Exactly once as the user sees it: the original was delivered (or stored for
             // later) when it was committed.
             tracing::debug!(%sender, "resent message not delivered again");
+            return Flow::Handled;
+        }
+        if for_later {
+            // Waiting in the offline queue since the commit: offline delivery hands it over
+            // at the next availability. Routing it now as well could deliver it twice.
             return Flow::Handled;
         }
         Flow::Continue

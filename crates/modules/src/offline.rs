@@ -52,7 +52,17 @@ impl Offline {
         let Some(username) = resource.jid.node().map(|n| n.as_str()) else {
             return;
         };
-        let messages = match router.store.take_offline(username).await {
+        // Messages committed as waiting while this availability was not yet seen finish
+        // their commit before the take (see `SessionManager::offline_gate`).
+        let taken = {
+            let _gate = router
+                .sessions
+                .offline_gate(&resource.jid.to_bare())
+                .write()
+                .await;
+            router.store.take_offline(username).await
+        };
+        let messages = match taken {
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(%error, username, "offline messages could not be read");

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use confab_core::stanza::element;
-use confab_core::store::{Store, TokenInfo};
+use confab_core::store::{Store, StoreError, TokenInfo};
 use confab_core::{Element, Stanza, StanzaError, StanzaErrorCondition};
 use confab_router::{IqOutcome, Module, Router};
 use confab_sessions::{Resource, SessionId};
@@ -125,23 +125,19 @@ fn format_stamp(stamp_ms: i64) -> String {
 }
 
 /// Who a presented token authenticates: `None` if it is malformed, unknown, revoked (its
-/// session ended) or expired, or if the store cannot tell (fail closed). For the HTTP API's
-/// bearer authentication.
-pub async fn verify_token(store: &dyn Store, token: &str) -> Option<TokenInfo> {
+/// session ended) or expired; an error when the store cannot tell, so callers can answer
+/// "try later" instead of "unknown token". For the HTTP API's bearer authentication.
+pub async fn verify_token(store: &dyn Store, token: &str) -> Result<Option<TokenInfo>, StoreError> {
     // Anything else cannot be one of ours; refusing it before decoding bounds the work an
     // unauthenticated caller can cause.
     if token.len() != TOKEN_CHARS {
-        return None;
+        return Ok(None);
     }
-    let secret = URL_SAFE_NO_PAD.decode(token).ok()?;
-    let info = match store.token_owner(&hash(&secret)).await {
-        Ok(info) => info?,
-        Err(error) => {
-            tracing::warn!(%error, "token lookup failed");
-            return None;
-        }
+    let Ok(secret) = URL_SAFE_NO_PAD.decode(token) else {
+        return Ok(None);
     };
-    (info.expires_ms > now_ms()).then_some(info)
+    let info = store.token_owner(&hash(&secret)).await?;
+    Ok(info.filter(|info| info.expires_ms > now_ms()))
 }
 
 #[async_trait]

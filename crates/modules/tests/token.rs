@@ -51,7 +51,10 @@ async fn bound_session_gets_a_token_that_verifies() {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     );
-    let info = verify_token(&*router.store, &issued).await.expect("valid");
+    let info = verify_token(&*router.store, &issued)
+        .await
+        .expect("store")
+        .expect("valid");
     assert_eq!(info.owner, "alice@localhost");
     assert_eq!(info.full_jid, "alice@localhost/phone");
     assert_eq!(info.session, phone.resource.id);
@@ -66,8 +69,18 @@ async fn every_request_gets_a_different_token() {
     let first = token(&mut phone).await;
     let second = token(&mut phone).await;
     assert_ne!(first, second);
-    assert!(verify_token(&*router.store, &first).await.is_some());
-    assert!(verify_token(&*router.store, &second).await.is_some());
+    assert!(
+        verify_token(&*router.store, &first)
+            .await
+            .expect("store")
+            .is_some()
+    );
+    assert!(
+        verify_token(&*router.store, &second)
+            .await
+            .expect("store")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -92,8 +105,18 @@ async fn tokens_are_revoked_when_their_session_closes() {
     let on_phone = token(&mut phone).await;
     let on_laptop = token(&mut laptop).await;
     phone.disconnect().await;
-    assert_eq!(verify_token(&*router.store, &on_phone).await, None);
-    assert!(verify_token(&*router.store, &on_laptop).await.is_some());
+    assert_eq!(
+        verify_token(&*router.store, &on_phone)
+            .await
+            .expect("store"),
+        None
+    );
+    assert!(
+        verify_token(&*router.store, &on_laptop)
+            .await
+            .expect("store")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -105,8 +128,18 @@ async fn closing_a_replaced_session_keeps_the_new_sessions_tokens() {
     let mut new = Client::connect(&router, "alice@localhost/phone").await;
     let new_token = token(&mut new).await;
     router.session_closed(&old.resource).await;
-    assert_eq!(verify_token(&*router.store, &old_token).await, None);
-    assert!(verify_token(&*router.store, &new_token).await.is_some());
+    assert_eq!(
+        verify_token(&*router.store, &old_token)
+            .await
+            .expect("store"),
+        None
+    );
+    assert!(
+        verify_token(&*router.store, &new_token)
+            .await
+            .expect("store")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -120,7 +153,9 @@ async fn unknown_malformed_and_expired_tokens_are_refused() {
         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     ] {
         assert_eq!(
-            verify_token(&*router.store, presented).await,
+            verify_token(&*router.store, presented)
+                .await
+                .expect("store"),
             None,
             "{presented:?}"
         );
@@ -129,9 +164,17 @@ async fn unknown_malformed_and_expired_tokens_are_refused() {
     // A module issuing tokens that expire at once.
     let phone = Client::connect(&router, "alice@localhost/phone").await;
     let expired = issue_directly(&router, &ImToken::new(Duration::ZERO), &phone).await;
-    assert_eq!(verify_token(&*router.store, &expired).await, None);
+    assert_eq!(
+        verify_token(&*router.store, &expired).await.expect("store"),
+        None
+    );
     let fresh = issue_directly(&router, &ImToken::default(), &phone).await;
-    assert!(verify_token(&*router.store, &fresh).await.is_some());
+    assert!(
+        verify_token(&*router.store, &fresh)
+            .await
+            .expect("store")
+            .is_some()
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use confab_auth::{LoginThrottle, ThrottleConfig};
 use confab_c2s::{C2sConfig, PreAuthIq, Resumption};
 use confab_codec::Limits;
 use confab_core::metrics::Metrics;
-use confab_core::store::{Store, TokenInfo};
+use confab_core::store::{Store, StoreError, TokenInfo};
 use confab_core::{BareJid, Element, Stanza, StanzaError, ns};
 use confab_log::{LogConfig, LogModule, MamModule};
 use confab_modules::{ModuleOptions, modules_with_log};
@@ -211,7 +211,7 @@ struct StoreTokens(Arc<dyn Store>);
 
 #[async_trait]
 impl confab_http::api::TokenVerifier for StoreTokens {
-    async fn verify(&self, token: &str) -> Option<TokenInfo> {
+    async fn verify(&self, token: &str) -> Result<Option<TokenInfo>, StoreError> {
         confab_modules::token::verify_token(self.0.as_ref(), token).await
     }
 }

@@ -180,6 +180,8 @@ type Shard = RwLock<HashMap<BareJid, Vec<Arc<Resource>>>>;
 pub struct SessionManager {
     shards: Box<[Shard]>,
     count: AtomicUsize,
+    /// See [`SessionManager::offline_gate`]; sharded like the registry.
+    offline_gates: Box<[tokio::sync::RwLock<()>]>,
 }
 
 impl Default for SessionManager {
@@ -194,14 +196,29 @@ impl SessionManager {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             count: AtomicUsize::new(0),
+            offline_gates: (0..SHARDS).map(|_| tokio::sync::RwLock::new(())).collect(),
         }
     }
 
-    fn shard(&self, bare: &BareJid) -> &Shard {
+    fn shard_index(bare: &BareJid) -> usize {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         bare.hash(&mut hasher);
-        &self.shards[(hasher.finish() as usize) % SHARDS]
+        (hasher.finish() as usize) % SHARDS
+    }
+
+    fn shard(&self, bare: &BareJid) -> &Shard {
+        &self.shards[Self::shard_index(bare)]
+    }
+
+    /// Orders "this message waits for the account's next availability" against "the account
+    /// became available; hand it what waits". A message that finds no resource to take it is
+    /// committed as waiting while this is held for reading; offline delivery takes what
+    /// waits while holding it for writing. So a message is either seen as waiting by the
+    /// take that follows the availability it missed, or saw that availability and was
+    /// delivered live: never both, never neither.
+    pub fn offline_gate(&self, bare: &BareJid) -> &tokio::sync::RwLock<()> {
+        &self.offline_gates[Self::shard_index(bare)]
     }
 
     /// Registers a resource. If the same full JID was bound already, the old session is

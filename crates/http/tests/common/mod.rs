@@ -124,8 +124,11 @@ pub struct NoTokens;
 
 #[async_trait::async_trait]
 impl confab_http::api::TokenVerifier for NoTokens {
-    async fn verify(&self, _token: &str) -> Option<confab_core::store::TokenInfo> {
-        None
+    async fn verify(
+        &self,
+        _token: &str,
+    ) -> Result<Option<confab_core::store::TokenInfo>, confab_core::store::StoreError> {
+        Ok(None)
     }
 }
 
