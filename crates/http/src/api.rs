@@ -8,12 +8,14 @@
 use crate::{HttpState, error_response};
 use async_trait::async_trait;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_core::BareJid;
 use confab_core::archive::{ArchivedMessage, direct_conversation};
 use confab_core::store::{Store, StoreError, TokenInfo};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -158,6 +160,97 @@ pub fn bad_request(message: String) -> Response {
     error_response(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// A request parameter the API refuses: becomes `400 bad_request` naming the problem.
+#[derive(Debug)]
+pub struct BadRequest(pub String);
+
+/// The error response of a client API handler, so handlers can use `?` on parameter checks
+/// ([`BadRequest`]) and storage calls (`503 storage_unavailable`). Boxed: errors are the
+/// cold path and a `Response` is large.
+#[derive(Debug)]
+pub struct ApiError(Box<Response>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl From<Response> for ApiError {
+    fn from(response: Response) -> Self {
+        Self(Box::new(response))
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(BadRequest(message): BadRequest) -> Self {
+        bad_request(message).into()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        storage_error(&error).into()
+    }
+}
+
+/// A page size: `default` when the request names none, else 1 to `max`.
+pub fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Result<u32, BadRequest> {
+    match requested.unwrap_or(default) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(BadRequest(format!("'limit' must be between 1 and {max}"))),
+    }
+}
+
+/// An authenticated client API request, extracted before anything else of the request is
+/// looked at, so an unauthenticated caller learns nothing about its parameters. Refuses
+/// with 404 (API off), 401 (token) or 503 (storage) as [`caller`] does.
+pub struct Authenticated {
+    /// The client API's dependencies.
+    pub api: ApiState,
+    /// Who is asking.
+    pub caller: Caller,
+}
+
+impl FromRequestParts<HttpState> for Authenticated {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Response> {
+        caller(state, &parts.headers)
+            .await
+            .map(|(api, caller)| Self { api, caller })
+    }
+}
+
+/// Query parameters whose rejection is the API's JSON `400 bad_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(query)| Self(query))
+            .map_err(|rejection| bad_request(rejection.body_text()))
+    }
+}
+
+/// A JSON body whose rejection (syntax, missing or unknown field, content type) is the API's
+/// JSON `400 bad_request`.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(body)| Self(body))
+            .map_err(|rejection| bad_request(rejection.body_text()))
+    }
+}
+
 /// `GET /api/v1/history?with=JID[&after_seq=N|&before_seq=N][&limit=N]`: one page of the
 /// caller's conversation with `with`. Without bounds it returns the latest page; with
 /// `before_seq` the page just before it; with `after_seq` the page just after it.
@@ -176,48 +269,33 @@ pub fn bad_request(message: String) -> Response {
     )
 )]
 pub async fn history(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let (api, Caller { owner, .. }) = match caller(&state, &headers).await {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad_request(rejection.body_text()),
-    };
+    Authenticated { api, caller }: Authenticated,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
     let Some(with) = query.with.as_deref() else {
-        return bad_request("query parameter 'with' (a bare JID) is required".into());
+        return Err(BadRequest("query parameter 'with' (a bare JID) is required".into()).into());
     };
-    let Ok(with) = BareJid::new(with) else {
-        return bad_request(format!("'with' is not a valid JID: {with:?}"));
-    };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
-        return bad_request(format!("'limit' must be between 1 and {MAX_PAGE}"));
-    }
-    let conversation = direct_conversation(&owner, &with);
-    let last_seq = match api.store.last_seq(&conversation).await {
-        Ok(seq) => seq,
-        Err(error) => return storage_error(&error),
-    };
+    let with = BareJid::new(with)
+        .map_err(|_| BadRequest(format!("'with' is not a valid JID: {with:?}")))?;
+    let limit = page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let conversation = direct_conversation(&caller.owner, &with);
+    let last_seq = api.store.last_seq(&conversation).await?;
     // Sequences are gap-free, so "the page before N" is the range (N - limit - 1, N).
     let (after, before) = match (query.after_seq, query.before_seq) {
         (Some(after), before) => (Some(after), before),
         (None, Some(before)) => (before.checked_sub(u64::from(limit) + 1), Some(before)),
         (None, None) => (last_seq.checked_sub(u64::from(limit)), None),
     };
-    match api.store.history(&conversation, after, before, limit).await {
-        Ok(messages) => Json(HistoryPage {
-            with: with.to_string(),
-            last_seq,
-            messages: messages.into_iter().map(HistoryItem::from).collect(),
-        })
-        .into_response(),
-        Err(error) => storage_error(&error),
-    }
+    let messages = api
+        .store
+        .history(&conversation, after, before, limit)
+        .await?;
+    Ok(Json(HistoryPage {
+        with: with.to_string(),
+        last_seq,
+        messages: messages.into_iter().map(HistoryItem::from).collect(),
+    })
+    .into_response())
 }
 
 /// `503 storage_unavailable`, logging the cause (never shown to the client).

@@ -9,17 +9,16 @@
 //! idempotency as XEP-0359 `origin-id` over XMPP). A read position moved here is pushed to the
 //! caller's other devices like one moved by a chat marker.
 
-use super::{Caller, bad_request, caller, storage_error};
-use crate::{HttpState, error_response};
+use super::{ApiError, ApiJson, Authenticated, BadRequest, Caller, bad_request, storage_error};
+use crate::error_response;
 use async_trait::async_trait;
 use axum::Json;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use confab_core::BareJid;
 use confab_core::store::StoreError;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Longest body, in bytes, a message sent through the API may carry.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -135,38 +134,34 @@ pub trait ClientActions: Send + Sync {
     ) -> Result<ReadState, ActionError>;
 }
 
-impl ActionError {
-    fn into_response(self) -> Response {
-        let message = self.to_string();
-        match self {
-            Self::SessionGone => super::unauthorized(&message),
-            Self::NoSuchAccount(_) => {
+impl From<ActionError> for ApiError {
+    fn from(error: ActionError) -> Self {
+        let message = error.to_string();
+        ApiError::from(match error {
+            ActionError::SessionGone => super::unauthorized(&message),
+            ActionError::NoSuchAccount(_) => {
                 error_response(StatusCode::NOT_FOUND, "recipient_not_found", message)
             }
-            Self::Invalid(_) => bad_request(message),
-            Self::Refused(_) => error_response(StatusCode::FORBIDDEN, "refused", message),
-            Self::SeqOutOfRange { .. } => {
+            ActionError::Invalid(_) => bad_request(message),
+            ActionError::Refused(_) => error_response(StatusCode::FORBIDDEN, "refused", message),
+            ActionError::SeqOutOfRange { .. } => {
                 error_response(StatusCode::BAD_REQUEST, "seq_out_of_range", message)
             }
-            Self::Storage(error) => storage_error(&error),
-        }
+            ActionError::Storage(error) => storage_error(&error),
+        })
     }
 }
 
-/// The caller and the actions, or the response refusing the request.
-async fn actor(
-    state: &HttpState,
-    headers: &HeaderMap,
-) -> Result<(std::sync::Arc<dyn ClientActions>, Caller), Response> {
-    let (api, caller) = caller(state, headers).await?;
-    match api.actions {
-        Some(actions) => Ok((actions, caller)),
-        None => Err(error_response(
+/// The actions, or the 404 saying the write side is off.
+fn actions(api: &super::ApiState) -> Result<Arc<dyn ClientActions>, ApiError> {
+    api.actions.clone().ok_or_else(|| {
+        error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             "sending through the client API is not enabled".into(),
-        )),
-    }
+        )
+        .into()
+    })
 }
 
 /// Checks what the type system cannot, before anything reaches the IM core.
@@ -212,33 +207,18 @@ fn validate(request: &SendRequest) -> Result<BareJid, ActionError> {
     )
 )]
 pub async fn send_message(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    json: Result<Json<SendRequest>, JsonRejection>,
-) -> Response {
-    let (actions, caller) = match actor(&state, &headers).await {
-        Ok(actor) => actor,
-        Err(response) => return response,
+    Authenticated { api, caller }: Authenticated,
+    ApiJson(request): ApiJson<SendRequest>,
+) -> Result<Response, ApiError> {
+    let actions = actions(&api)?;
+    validate(&request)?;
+    let sent = actions.send_message(&caller, request).await?;
+    let status = if sent.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
     };
-    let request = match json {
-        Ok(Json(request)) => request,
-        // axum names the problem (syntax, missing or unknown field); always a 400 here.
-        Err(rejection) => return bad_request(rejection.body_text()),
-    };
-    if let Err(error) = validate(&request) {
-        return error.into_response();
-    }
-    match actions.send_message(&caller, request).await {
-        Ok(sent) => {
-            let status = if sent.duplicate {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            (status, Json(sent)).into_response()
-        }
-        Err(error) => error.into_response(),
-    }
+    Ok((status, Json(sent)).into_response())
 }
 
 /// `POST /api/v1/read`: the caller has read the conversation with `with` up to `seq`.
@@ -256,26 +236,14 @@ pub async fn send_message(
     )
 )]
 pub async fn mark_read(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    json: Result<Json<ReadRequest>, JsonRejection>,
-) -> Response {
-    let (actions, caller) = match actor(&state, &headers).await {
-        Ok(actor) => actor,
-        Err(response) => return response,
-    };
-    let request = match json {
-        Ok(Json(request)) => request,
-        // axum names the problem (syntax, missing or unknown field); always a 400 here.
-        Err(rejection) => return bad_request(rejection.body_text()),
-    };
-    let Ok(with) = BareJid::new(&request.with) else {
-        return bad_request(format!("'with' is not a valid JID: {:?}", request.with));
-    };
-    match actions.mark_read(&caller, &with, request.seq).await {
-        Ok(read) => Json(read).into_response(),
-        Err(error) => error.into_response(),
-    }
+    Authenticated { api, caller }: Authenticated,
+    ApiJson(request): ApiJson<ReadRequest>,
+) -> Result<Response, ApiError> {
+    let actions = actions(&api)?;
+    let with = BareJid::new(&request.with)
+        .map_err(|_| BadRequest(format!("'with' is not a valid JID: {:?}", request.with)))?;
+    let read = actions.mark_read(&caller, &with, request.seq).await?;
+    Ok(Json(read).into_response())
 }
 
 #[cfg(test)]

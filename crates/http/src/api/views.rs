@@ -7,12 +7,10 @@
 //! one the next answer returns, so a client that loses an answer simply asks again with the
 //! token it still holds.
 
-use super::{Caller, HistoryItem, bad_request, caller, storage_error};
-use crate::{HttpState, error_response};
+use super::{ApiError, ApiQuery, Authenticated, BadRequest, HistoryItem, page_limit};
+use crate::error_response;
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use confab_core::client_view::{
     ConversationCursor, ConversationSummary, DEFAULT_CONVERSATION_PAGE, MAX_CONVERSATION_PAGE,
@@ -184,41 +182,30 @@ pub struct SyncResponse {
     )
 )]
 pub async fn conversations(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    query: Result<Query<ConversationsQuery>, QueryRejection>,
-) -> Response {
-    let (api, Caller { owner, .. }) = match caller(&state, &headers).await {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad_request(rejection.body_text()),
-    };
-    let limit = query.limit.unwrap_or(DEFAULT_CONVERSATION_PAGE);
-    if limit == 0 || limit > MAX_CONVERSATION_PAGE {
-        return bad_request(format!(
-            "'limit' must be between 1 and {MAX_CONVERSATION_PAGE}"
-        ));
-    }
+    Authenticated { api, caller }: Authenticated,
+    ApiQuery(query): ApiQuery<ConversationsQuery>,
+) -> Result<Response, ApiError> {
+    let limit = page_limit(
+        query.limit,
+        DEFAULT_CONVERSATION_PAGE,
+        MAX_CONVERSATION_PAGE,
+    )?;
     let cursor = match query.before.as_deref().map(decode_cursor) {
         None => None,
         Some(Some(cursor)) => Some(cursor),
-        Some(None) => return bad_request("'before' is not a cursor this API returned".into()),
+        Some(None) => {
+            return Err(BadRequest("'before' is not a cursor this API returned".into()).into());
+        }
     };
-    match api
+    let page = api
         .store
-        .conversations(owner.as_str(), cursor.as_ref(), limit)
-        .await
-    {
-        Ok(page) => Json(ConversationList {
-            conversations: page.conversations.into_iter().map(Into::into).collect(),
-            next: page.next.as_ref().map(encode_cursor),
-        })
-        .into_response(),
-        Err(error) => storage_error(&error),
-    }
+        .conversations(caller.owner.as_str(), cursor.as_ref(), limit)
+        .await?;
+    Ok(Json(ConversationList {
+        conversations: page.conversations.into_iter().map(Into::into).collect(),
+        next: page.next.as_ref().map(encode_cursor),
+    })
+    .into_response())
 }
 
 /// `GET /api/v1/sync[?since=TOKEN][&limit=N]`: what changed for the caller since the token
@@ -239,22 +226,11 @@ pub async fn conversations(
     )
 )]
 pub async fn sync(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    query: Result<Query<SyncQuery>, QueryRejection>,
-) -> Response {
-    let (api, Caller { owner, .. }) = match caller(&state, &headers).await {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return bad_request(rejection.body_text()),
-    };
-    let limit = query.limit.unwrap_or(MAX_SYNC_CHANGES);
-    if limit == 0 || limit > MAX_SYNC_CHANGES {
-        return bad_request(format!("'limit' must be between 1 and {MAX_SYNC_CHANGES}"));
-    }
+    Authenticated { api, caller }: Authenticated,
+    ApiQuery(query): ApiQuery<SyncQuery>,
+) -> Result<Response, ApiError> {
+    let owner = caller.owner;
+    let limit = page_limit(query.limit, MAX_SYNC_CHANGES, MAX_SYNC_CHANGES)?;
     let since = match query
         .since
         .as_deref()
@@ -262,11 +238,15 @@ pub async fn sync(
     {
         None => None,
         Some(Some(token)) => Some(token),
-        Some(None) => return bad_sync_token("not a sync token this server issued to this account"),
+        Some(None) => {
+            return Err(
+                bad_sync_token("not a sync token this server issued to this account").into(),
+            );
+        }
     };
     let Some(username) = owner.node().map(|node| node.as_str().to_owned()) else {
         // Tokens are only issued to accounts, whose JIDs always have a localpart.
-        return super::unauthorized("token names no account");
+        return Err(super::unauthorized("token names no account").into());
     };
     let feed = match api
         .store
@@ -274,15 +254,15 @@ pub async fn sync(
         .await
     {
         Ok(feed) => feed,
-        Err(SyncError::Store(error)) => return storage_error(&error),
+        Err(SyncError::Store(error)) => return Err(error.into()),
         // Foreign, ahead or predating the account: each means the client's state cannot be
         // brought up to date from this token, and the remedy is the same snapshot.
-        Err(error) => return bad_sync_token(&error.to_string()),
+        Err(error) => return Err(bad_sync_token(&error.to_string()).into()),
     };
     let me = owner.as_str();
     let (changed, removed): (Vec<_>, Vec<_>) =
         feed.documents.into_iter().partition(|d| d.xml.is_some());
-    Json(SyncResponse {
+    Ok(Json(SyncResponse {
         next: feed.next.encode(owner.as_str()),
         full: feed.full,
         more: feed.more,
@@ -313,7 +293,7 @@ pub async fn sync(
             removed: removed.into_iter().map(|d| d.key).collect(),
         },
     })
-    .into_response()
+    .into_response())
 }
 
 /// `400 bad_sync_token`: the client drops its token and starts over with a snapshot.

@@ -9,18 +9,6 @@ const SID: &str = "urn:xmpp:sid:0";
 const MARKERS: &str = "urn:xmpp:chat-markers:0";
 const PRIVATE: &str = "jabber:iq:private";
 
-/// An IM token for the client's session (`urn:confab:token:0`).
-async fn token(client: &mut Client) -> String {
-    let reply = client
-        .iq("get", None, "<token xmlns='urn:confab:token:0'/>")
-        .await;
-    assert_eq!(reply.attr("type"), Some("result"), "{}", xml(&reply));
-    reply
-        .get_child("token", "urn:confab:token:0")
-        .map(|t| t.text())
-        .unwrap_or_else(|| panic!("token element: {}", xml(&reply)))
-}
-
 /// `GET path` with the token; must answer 200 JSON.
 async fn get_json(server: &Server, path: &str, token: &str) -> Value {
     let response = server.http_get_bearer(path, token).await;
@@ -114,7 +102,7 @@ async fn conversations_are_listed_newest_first_with_read_state_and_paged() {
     // A note to self: one conversation, listed once, never unread.
     alice.message("alice@localhost", "note to self").await;
     alice.expect_message_with_body("note to self").await;
-    let token = token(&mut alice).await;
+    let token = alice.im_token().await;
 
     let page = get_json(&server, "/api/v1/conversations", &token).await;
     let list = &page["conversations"];
@@ -172,7 +160,7 @@ async fn conversations_are_listed_newest_first_with_read_state_and_paged() {
     );
     assert_eq!(with_carol["last_message"]["from"], "alice@localhost");
     // Carol's own list counts from her side: nothing unread (a marker is not news).
-    let carol_token = self::token(&mut carol).await;
+    let carol_token = carol.im_token().await;
     let carol_page = get_json(&server, "/api/v1/conversations", &carol_token).await;
     assert_eq!(withs(&carol_page["conversations"]), ["alice@localhost"]);
     assert_eq!(carol_page["conversations"][0]["unread"], 0);
@@ -227,7 +215,7 @@ async fn sync_feed_follows_roster_messages_markers_and_private_storage() {
     let server = Server::start(&[], &[]).await;
     let mut alice = server.login_available("alice", "phone", 0).await;
     let mut bob = server.login_available("bob", "desk", 0).await;
-    let token = token(&mut alice).await;
+    let token = alice.im_token().await;
 
     let snapshot = get_json(&server, "/api/v1/sync", &token).await;
     assert_eq!(snapshot["full"], true, "{snapshot}");
@@ -388,7 +376,7 @@ async fn sync_feed_follows_roster_messages_markers_and_private_storage() {
     }
     // Alice's token is not bob's: a client mixing up accounts is told, not served a feed
     // that silently misses bob's earlier changes.
-    let bob_token = self::token(&mut bob).await;
+    let bob_token = bob.im_token().await;
     let response = server
         .http_get_bearer(&format!("/api/v1/sync?since={next}"), &bob_token)
         .await;

@@ -10,18 +10,6 @@ const CARBONS: &str = "urn:xmpp:carbons:2";
 const SID: &str = "urn:xmpp:sid:0";
 const READ: &str = "urn:confab:read:0";
 
-/// An IM token for the client's session.
-async fn token(client: &mut Client) -> String {
-    let reply = client
-        .iq("get", None, "<token xmlns='urn:confab:token:0'/>")
-        .await;
-    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
-    reply
-        .get_child("token", "urn:confab:token:0")
-        .map(|t| t.text())
-        .expect("token element")
-}
-
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -45,7 +33,7 @@ async fn api_message_is_committed_carbon_copied_delivered_and_deduplicated() {
         .await;
     assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
     let mut bob = server.login_available("bob", "desk", 0).await;
-    let token = token(&mut phone).await;
+    let token = phone.im_token().await;
 
     let send = r#"{"to":"bob@localhost","body":"via http","id":"http-1","markable":true}"#;
     let response = server
@@ -101,7 +89,7 @@ async fn api_message_refusals_are_json_and_store_nothing() {
     let server = Server::start(&[], &[]).await;
     let mut alice = server.login_available("alice", "phone", 0).await;
     let mut bob = server.login_available("bob", "desk", 0).await;
-    let token = token(&mut alice).await;
+    let token = alice.im_token().await;
 
     let cases = [
         (
@@ -177,7 +165,7 @@ async fn api_read_moves_the_position_for_every_device_and_never_back() {
         phone.expect_message_with_body(&format!("note {n}")).await;
         laptop.expect_message_with_body(&format!("note {n}")).await;
     }
-    let token = token(&mut phone).await;
+    let token = phone.im_token().await;
 
     let response = server
         .http_post_json_bearer(

@@ -703,6 +703,18 @@ impl Client {
         before
     }
 
+    /// Asks the server for an IM token for this session (`urn:confab:token:0`).
+    pub async fn im_token(&mut self) -> String {
+        let reply = self
+            .iq("get", None, "<token xmlns='urn:confab:token:0'/>")
+            .await;
+        assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+        reply
+            .get_child("token", "urn:confab:token:0")
+            .map(|t| t.text())
+            .expect("token element")
+    }
+
     /// Sends a chat message.
     pub async fn message(&mut self, to: &str, body: &str) {
         self.send(format!(

@@ -98,14 +98,7 @@ async fn im_token_from_the_connection_reads_history_until_the_session_ends() {
     alice.message("bob@localhost", "over-http").await;
     bob.expect_message_with_body("over-http").await;
 
-    let reply = alice
-        .iq("get", None, "<token xmlns='urn:confab:token:0'/>")
-        .await;
-    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
-    let token = reply
-        .get_child("token", "urn:confab:token:0")
-        .map(|t| t.text())
-        .expect("token element");
+    let token = alice.im_token().await;
 
     let path = "/api/v1/history?with=bob@localhost";
     let response = server.http_get_bearer(path, &token).await;

@@ -96,14 +96,7 @@ fn assert_invalid_client(reply: &Reply) {
 async fn registered_app_introspects_an_im_token_until_its_session_ends() {
     let server = Server::start(&[], &[]).await;
     let mut alice = server.login_available("alice", "phone", 0).await;
-    let reply = alice
-        .iq("get", None, "<token xmlns='urn:confab:token:0'/>")
-        .await;
-    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
-    let token = reply
-        .get_child("token", "urn:confab:token:0")
-        .map(|t| t.text())
-        .expect("token element");
+    let token = alice.im_token().await;
     let full_jid = alice.full_jid().to_owned();
     let (id, secret) = add_app(&server, "e2e backend").await;
     let body = format!("token={token}&token_type_hint=access_token");
