@@ -3,113 +3,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use confab_core::StanzaKind;
 use confab_core::metrics::Metrics;
 use confab_http::{HttpState, METRICS_CONTENT_TYPE};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 
-/// A parsed response.
-#[derive(Debug)]
-struct Reply {
-    /// Status code.
-    status: u16,
-    /// Header lines, names lowercased.
-    headers: Vec<(String, String)>,
-    /// The body as text.
-    body: String,
-}
+mod common;
 
-impl Reply {
-    /// The first header with this (lowercase) name.
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as JSON.
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).expect("JSON body")
-    }
-}
-
-/// A running server and the means to stop it.
-struct Server {
-    /// Where it listens.
-    addr: std::net::SocketAddr,
-    /// Fires the graceful shutdown.
-    stop: oneshot::Sender<()>,
-    /// The serve task.
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    /// Starts serving `state` on an ephemeral loopback port.
-    async fn start(state: HttpState) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(confab_http::serve(listener, state, async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, stop, task }
-    }
-
-    /// Sends one request and reads the whole response (the request asks to close).
-    async fn request(&self, method: &str, path: &str) -> Reply {
-        self.request_with(method, path, "").await
-    }
-
-    /// Like `request`, with extra raw header lines (each ending in `\r\n`).
-    async fn request_with(&self, method: &str, path: &str, headers: &str) -> Reply {
-        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-            .await
-            .expect("response within 10 s")
-            .expect("read");
-        parse(&String::from_utf8(raw).expect("UTF-8 response"))
-    }
-
-    /// Triggers shutdown and waits for `serve` to return.
-    async fn stop(self) -> std::io::Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("serve returns after shutdown")
-            .expect("serve task did not panic")
-    }
-}
-
-/// Splits a raw HTTP/1.1 response; the bodies here are small and not chunked.
-fn parse(raw: &str) -> Reply {
-    let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
+use common::{Reply, Server};
 
 /// State with fresh metrics and a healthy check.
 fn state() -> HttpState {
@@ -132,7 +33,7 @@ async fn healthz_reports_health() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json(), serde_json::json!({"status": "unavailable"}));
 
-    server.stop().await.expect("clean shutdown");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -159,7 +60,7 @@ async fn metrics_are_openmetrics_text() {
     );
     assert!(reply.body.ends_with("# EOF\n"), "{}", reply.body);
 
-    server.stop().await.expect("clean shutdown");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -172,7 +73,7 @@ async fn unknown_route_is_json_404() {
         reply.json(),
         serde_json::json!({"error": "not_found", "message": "no route for GET /nope"})
     );
-    server.stop().await.expect("clean shutdown");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -190,7 +91,7 @@ async fn wrong_method_is_json_405() {
     );
     let allow = reply.header("allow").expect("Allow header");
     assert!(allow.contains("GET"), "{allow}");
-    server.stop().await.expect("clean shutdown");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -199,7 +100,7 @@ async fn head_is_answered_without_body() {
     let reply = server.request("HEAD", "/healthz").await;
     assert_eq!(reply.status, 200);
     assert!(reply.body.is_empty());
-    server.stop().await.expect("clean shutdown");
+    server.stop().await;
 }
 
 /// A token verifier that knows one token, for alice.
@@ -293,14 +194,15 @@ async fn history_requires_a_valid_bearer_token() {
         Some("Bearer realm=\"confab\"")
     );
     let reply = server
-        .request_with(
+        .send(
             "GET",
             "/api/v1/history?with=bob@localhost",
             "Authorization: Bearer bad\r\n",
+            "",
         )
         .await;
     assert_eq!(reply.status, 401);
-    server.stop().await.expect("stop");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -315,7 +217,7 @@ async fn history_rejects_bad_queries_with_json_errors() {
         "/api/v1/history?with=bob@localhost&after_seq=x",
         "/api/v1/history?with=bob@localhost&bogus=1",
     ] {
-        let reply = server.request_with("GET", path, auth).await;
+        let reply = server.send("GET", path, auth, "").await;
         assert_eq!(reply.status, 400, "{path}: {}", reply.body);
         assert_eq!(reply.json()["error"], "bad_request", "{path}");
         assert!(
@@ -323,7 +225,7 @@ async fn history_rejects_bad_queries_with_json_errors() {
             "{path}"
         );
     }
-    server.stop().await.expect("stop");
+    server.stop().await;
 }
 
 /// Storage trouble while checking the token is a 503 the client retries, not a 401 that
@@ -338,11 +240,11 @@ async fn token_check_failure_is_503_storage_unavailable() {
         ("GET", "/api/v1/sync"),
         ("POST", "/api/v1/read"),
     ] {
-        let reply = server.request_with(method, path, auth).await;
+        let reply = server.send(method, path, auth, "").await;
         assert_eq!(reply.status, 503, "{method} {path}: {}", reply.body);
         assert_eq!(reply.json()["error"], "storage_unavailable", "{path}");
     }
-    server.stop().await.expect("stop");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -350,7 +252,12 @@ async fn history_pages_latest_backward_and_forward() {
     let server = Server::start(api_state(10).await).await;
     let auth = "Authorization: Bearer good-token\r\n";
     let latest = server
-        .request_with("GET", "/api/v1/history?with=bob@localhost&limit=3", auth)
+        .send(
+            "GET",
+            "/api/v1/history?with=bob@localhost&limit=3",
+            auth,
+            "",
+        )
         .await;
     assert_eq!(latest.status, 200, "{}", latest.body);
     assert_eq!(latest.json()["last_seq"], 10);
@@ -360,25 +267,27 @@ async fn history_pages_latest_backward_and_forward() {
     assert!(message["xml"].as_str().expect("xml").contains("m10"));
 
     let before = server
-        .request_with(
+        .send(
             "GET",
             "/api/v1/history?with=bob@localhost&limit=3&before_seq=8",
             auth,
+            "",
         )
         .await;
     assert_eq!(seqs(&before), vec![5, 6, 7]);
     let after = server
-        .request_with(
+        .send(
             "GET",
             "/api/v1/history?with=bob@localhost&limit=4&after_seq=7",
             auth,
+            "",
         )
         .await;
     assert_eq!(seqs(&after), vec![8, 9, 10]);
     // Another conversation of the caller is empty, not someone else's.
     let other = server
-        .request_with("GET", "/api/v1/history?with=carol@localhost", auth)
+        .send("GET", "/api/v1/history?with=carol@localhost", auth, "")
         .await;
     assert_eq!(seqs(&other), Vec::<u64>::new());
-    server.stop().await.expect("stop");
+    server.stop().await;
 }
