@@ -172,6 +172,10 @@ impl Resource {
 }
 
 const SHARDS: usize = 64;
+/// Offline gates: many more than registry shards, because an offline flush holds its gate
+/// for writing across a store call and every message to an account that shares the gate
+/// waits meanwhile. 1,024 gates cost about 40 KiB.
+const OFFLINE_GATES: usize = 1024;
 
 /// One shard of the registry: bare JID to its bound resources.
 type Shard = RwLock<HashMap<BareJid, Vec<Arc<Resource>>>>;
@@ -196,19 +200,21 @@ impl SessionManager {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             count: AtomicUsize::new(0),
-            offline_gates: (0..SHARDS).map(|_| tokio::sync::RwLock::new(())).collect(),
+            offline_gates: (0..OFFLINE_GATES)
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
         }
     }
 
-    fn shard_index(bare: &BareJid) -> usize {
+    fn hash(bare: &BareJid) -> usize {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         bare.hash(&mut hasher);
-        (hasher.finish() as usize) % SHARDS
+        hasher.finish() as usize
     }
 
     fn shard(&self, bare: &BareJid) -> &Shard {
-        &self.shards[Self::shard_index(bare)]
+        &self.shards[Self::hash(bare) % SHARDS]
     }
 
     /// Orders "this message waits for the account's next availability" against "the account
@@ -218,7 +224,7 @@ impl SessionManager {
     /// take that follows the availability it missed, or saw that availability and was
     /// delivered live: never both, never neither.
     pub fn offline_gate(&self, bare: &BareJid) -> &tokio::sync::RwLock<()> {
-        &self.offline_gates[Self::shard_index(bare)]
+        &self.offline_gates[Self::hash(bare) % OFFLINE_GATES]
     }
 
     /// Registers a resource. If the same full JID was bound already, the old session is
