@@ -60,7 +60,7 @@ use crate::{ChatArgs, logins, sasl};
 const ACK_NS: &str = "urn:confab:ack:0";
 
 /// Microseconds since this process's clock origin.
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     ORIGIN.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
@@ -96,17 +96,17 @@ impl Pair {
 
 /// What a message carries about itself (in its id and its body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     /// Per-direction sequence number, from 0.
-    seq: u64,
+    pub(crate) seq: u64,
     /// When the message was due, in [`now_us`] time (with `--max`: when it was written).
-    due_us: u64,
+    pub(crate) due_us: u64,
     /// When it was written, in [`now_us`] time.
-    sent_us: u64,
+    pub(crate) sent_us: u64,
 }
 
 /// Writes the stanza id of the message `stamp` describes: `<nonce>-<seq>-<due>-<sent>`.
-fn push_id(out: &mut Vec<u8>, nonce: &str, stamp: Stamp) {
+pub(crate) fn push_id(out: &mut Vec<u8>, nonce: &str, stamp: Stamp) {
     use std::io::Write as _;
     let _ = write!(
         out,
@@ -116,7 +116,7 @@ fn push_id(out: &mut Vec<u8>, nonce: &str, stamp: Stamp) {
 }
 
 /// Reads a stanza id written by [`push_id`] with this run's `nonce`.
-fn parse_id(id: &[u8], nonce: &str) -> Option<Stamp> {
+pub(crate) fn parse_id(id: &[u8], nonce: &str) -> Option<Stamp> {
     let text = std::str::from_utf8(id).ok()?;
     let mut parts = text.split('-');
     if parts.next()? != nonce {
@@ -144,7 +144,7 @@ fn push_message(out: &mut Vec<u8>, to: &str, nonce: &str, stamp: Stamp) {
 }
 
 /// Parses a body `"<seq> <due> <sent>"` (or `"<seq> <stamp>"`, due = sent).
-fn parse_body(body: &[u8]) -> Option<Stamp> {
+pub(crate) fn parse_body(body: &[u8]) -> Option<Stamp> {
     let text = std::str::from_utf8(body).ok()?;
     let mut parts = text.split_ascii_whitespace();
     let seq = parts.next()?.parse().ok()?;
@@ -186,14 +186,14 @@ fn receipt(element: &[u8], nonce: &str) -> Option<Receipt> {
 
 /// A set of per-direction sequence numbers (a bitmap: they are dense from 0).
 #[derive(Debug, Default, Clone)]
-struct SeqSet {
+pub(crate) struct SeqSet {
     words: Vec<u64>,
     len: u64,
 }
 
 impl SeqSet {
     /// Adds `seq`; false if it was already there.
-    fn insert(&mut self, seq: u64) -> bool {
+    pub(crate) fn insert(&mut self, seq: u64) -> bool {
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if self.words.len() <= word {
             self.words.resize(word + 1, 0);
@@ -206,12 +206,12 @@ impl SeqSet {
         true
     }
 
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// How many members are not in `other`.
-    fn count_not_in(&self, other: &SeqSet) -> u64 {
+    pub(crate) fn count_not_in(&self, other: &SeqSet) -> u64 {
         self.words
             .iter()
             .enumerate()
@@ -222,20 +222,20 @@ impl SeqSet {
 
 /// What became of one direction's messages (or, summed, of a run's).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Tally {
-    sent: u64,
-    received: u64,
-    bounced: u64,
+pub(crate) struct Tally {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) bounced: u64,
     /// Distinct messages acknowledged (0 without receipts).
-    acked: u64,
+    pub(crate) acked: u64,
     /// Sent, neither acknowledged nor bounced. Only meaningful with receipts.
-    unacked: u64,
+    pub(crate) unacked: u64,
     /// With receipts: acknowledged and never received. Without: sent and neither received
     /// nor bounced.
-    lost: u64,
+    pub(crate) lost: u64,
     /// Received without a receipt (with receipts: delivered before the drain ended but
     /// never acknowledged).
-    received_unacked: u64,
+    pub(crate) received_unacked: u64,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -253,7 +253,7 @@ impl std::ops::AddAssign for Tally {
 /// Reconciles one direction: `sent` messages, the sequence numbers `received` by the
 /// recipient and `acked` by the server (`None` when the server sends no receipts), and
 /// `bounced` error replies.
-fn tally(sent: u64, received: &SeqSet, acked: Option<&SeqSet>, bounced: u64) -> Tally {
+pub(crate) fn tally(sent: u64, received: &SeqSet, acked: Option<&SeqSet>, bounced: u64) -> Tally {
     let mut tally = Tally {
         sent,
         received: received.len(),
@@ -278,14 +278,14 @@ fn tally(sent: u64, received: &SeqSet, acked: Option<&SeqSet>, bounced: u64) -> 
 /// When message `seq` of sender `index` (of `senders`, each sending `rate` msgs/s) is due,
 /// after the run's start. The senders' phases are spread over one interval, so the offered
 /// load is evenly spaced instead of a burst of one message per sender every interval.
-fn due_offset(seq: u64, rate: f64, index: usize, senders: usize) -> Duration {
+pub(crate) fn due_offset(seq: u64, rate: f64, index: usize, senders: usize) -> Duration {
     let phase = index as f64 / senders.max(1) as f64;
     Duration::from_secs_f64((seq as f64 + phase) / rate)
 }
 
 /// `count` events per second between `start_us` and `end_us`, over at least `min_s` seconds
 /// (the run's nominal length, so a short burst at the start does not inflate the rate).
-fn per_second(count: u64, start_us: u64, end_us: u64, min_s: f64) -> f64 {
+pub(crate) fn per_second(count: u64, start_us: u64, end_us: u64, min_s: f64) -> f64 {
     let span = (end_us.saturating_sub(start_us) as f64 / 1e6).max(min_s);
     if span <= 0.0 {
         return 0.0;
@@ -339,20 +339,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         concurrency: common.concurrency,
         sources: common.sources(total)?,
     };
-    let mut outcomes = logins::start(config, plan);
-    let mut sessions: Vec<Option<Session>> = (0..total).map(|_| None).collect();
-    let mut failures = Failures::new();
-    let mut progress = logins::Progress::new("chat login:");
-    for done in 1..=total {
-        let Some(outcome) = outcomes.recv().await else {
-            bail!("login dispatcher stopped early");
-        };
-        match outcome.result {
-            Ok(session) => sessions[(outcome.index - common.first) as usize] = Some(session),
-            Err(failure) => *failures.entry(failure.to_string()).or_default() += 1,
-        }
-        progress.tick(done, failures.values().sum(), total);
-    }
+    let (sessions, failures) = logins::login_all(config, plan, "chat login:").await?;
     let failed_logins: u64 = failures.values().sum();
     report::print_failures("login failures", &failures);
 

@@ -27,17 +27,10 @@ const USERS_PER_PROCESS: u64 = 18_000;
 
 pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     if let Some(spec) = &args.worker {
-        let (i, k) = spec
-            .split_once('/')
-            .and_then(|(i, k)| Some((i.parse::<u64>().ok()?, k.parse::<u64>().ok()?)))
-            .filter(|(i, k)| i < k)
-            .context("--worker takes I/K")?;
+        let (i, k) = parse_worker(spec)?;
         return worker(&args, i, k).await;
     }
-    let procs = match args.procs {
-        0 => args.count.div_ceil(USERS_PER_PROCESS),
-        k => u64::from(k),
-    };
+    let procs = procs_for(args.count, args.procs);
     if procs > 1 {
         parent(&args, procs).await
     } else {
@@ -45,10 +38,35 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The users worker `i` of `k` logs in: a contiguous share of first..first+count.
-fn share(args: &ConnectArgs, i: u64, k: u64) -> Vec<u64> {
-    let (from, to) = (args.count * i / k, args.count * (i + 1) / k);
-    (from..to).map(|n| args.common.first + n).collect()
+/// `--worker I/K`: this is worker I (from 0) of K.
+fn parse_worker(spec: &str) -> anyhow::Result<(u64, u64)> {
+    spec.split_once('/')
+        .and_then(|(i, k)| Some((i.parse::<u64>().ok()?, k.parse::<u64>().ok()?)))
+        .filter(|(i, k)| i < k)
+        .context("--worker takes I/K with I < K")
+}
+
+/// Processes for `count` users: `requested` (`--procs`/`--workers`) if set, else one per
+/// [`USERS_PER_PROCESS`]; never more than there are users.
+fn procs_for(count: u64, requested: u32) -> u64 {
+    let procs = match requested {
+        0 => count.div_ceil(USERS_PER_PROCESS),
+        k => u64::from(k),
+    };
+    procs.clamp(1, count.max(1))
+}
+
+/// The user numbers worker `i` of `k` logs in: a contiguous share of first..first+count,
+/// the shares differing in size by at most one.
+fn share(count: u64, first: u64, i: u64, k: u64) -> std::ops::Range<u64> {
+    let (from, to) = (count * i / k, count * (i + 1) / k);
+    first + from..first + to
+}
+
+/// A worker's share of the login rate: in proportion to its share of the users, so all
+/// workers finish together.
+fn worker_rate(rate: Option<f64>, count: u64, share: u64) -> Option<f64> {
+    rate.map(|r| r * share as f64 / count.max(1) as f64)
 }
 
 /// Sessions logged in by one process and still held.
@@ -197,7 +215,7 @@ async fn settle_and_hold(args: &ConnectArgs) -> anyhow::Result<Option<u64>> {
 async fn single(args: &ConnectArgs) -> anyhow::Result<()> {
     let rss_before = rss(args.common.pid)?;
     let meter = CpuMeter::start(args.common.pid);
-    let users = share(args, 0, 1);
+    let users = share(args.count, args.common.first, 0, 1).collect();
     let held = login_phase(args, users, args.rate.0, "connect:".to_owned()).await?;
     let cpu = meter.stop().json();
     let mut stats = held.stats.clone();
@@ -218,8 +236,8 @@ async fn single(args: &ConnectArgs) -> anyhow::Result<()> {
 }
 
 async fn worker(args: &ConnectArgs, i: u64, k: u64) -> anyhow::Result<()> {
-    let rate = args.rate.0.map(|r| r / k as f64);
-    let users = share(args, i, k);
+    let users: Vec<u64> = share(args.count, args.common.first, i, k).collect();
+    let rate = worker_rate(args.rate.0, args.count, users.len() as u64);
     let held = login_phase(args, users, rate, format!("connect worker {i}/{k}:")).await?;
     let mut online = held.stats.clone();
     online["event"] = json!("online");
@@ -331,18 +349,28 @@ async fn parent(args: &ConnectArgs, k: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Aggregates the per-process login figures, prints the table and the JSON line.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    args: &ConnectArgs,
-    procs: u64,
-    stats: &[Value],
-    cpu: Value,
-    rss_before: Option<u64>,
-    rss_after: Option<u64>,
-    dropped: u64,
-    drops: &Failures,
-) {
+/// The login figures of all processes together.
+#[derive(Debug)]
+struct Totals {
+    succeeded: u64,
+    failed: u64,
+    failures: Failures,
+    /// Login latency of every login, all processes merged.
+    hist: Histogram<u64>,
+    /// Seconds of the login phase.
+    phase: f64,
+    login_rate: f64,
+    /// Seconds until the last login succeeded, when none failed.
+    all_online: Option<f64>,
+    pbkdf2_computed: u64,
+    pbkdf2_cached: u64,
+}
+
+/// Adds up the login figures (`login_phase` JSON) of one or more processes. `wall` is the
+/// parent's measure of the phase, from before the first worker started to the last one's
+/// online report (so it includes process start-up, milliseconds); without it the longest
+/// process's own phase counts.
+fn aggregate(stats: &[Value], wall: Option<f64>) -> Totals {
     let sum = |key: &str| stats.iter().filter_map(|s| s[key].as_u64()).sum::<u64>();
     let max = |key: &str| {
         stats
@@ -357,14 +385,43 @@ fn finish(
         report::merge_failures(&mut failures, &s["failures"]);
         report::import(&mut hist, &s["login_latency"]);
     }
-    // With several workers the phase is measured by the parent from spawning them to the
-    // last online report, so it includes process start-up (milliseconds).
-    let phase = cpu["wall_s"]
-        .as_f64()
-        .or_else(|| max("login_phase_s"))
-        .unwrap_or(0.0);
-    let login_rate = succeeded as f64 / phase.max(1e-9);
-    let all_online = (failed == 0).then(|| max("last_success_s").unwrap_or(phase));
+    let phase = wall.or_else(|| max("login_phase_s")).unwrap_or(0.0);
+    Totals {
+        succeeded,
+        failed,
+        failures,
+        hist,
+        phase,
+        login_rate: succeeded as f64 / phase.max(1e-9),
+        all_online: (failed == 0).then(|| max("last_success_s").unwrap_or(phase)),
+        pbkdf2_computed: sum("pbkdf2_computed"),
+        pbkdf2_cached: sum("pbkdf2_cached"),
+    }
+}
+
+/// Aggregates the per-process login figures, prints the table and the JSON line.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    args: &ConnectArgs,
+    procs: u64,
+    stats: &[Value],
+    cpu: Value,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+    dropped: u64,
+    drops: &Failures,
+) {
+    let Totals {
+        succeeded,
+        failed,
+        failures,
+        hist,
+        phase,
+        login_rate,
+        all_online,
+        pbkdf2_computed,
+        pbkdf2_cached,
+    } = aggregate(stats, cpu["wall_s"].as_f64());
     let rss_per_session = match (rss_before, rss_after) {
         (Some(before), Some(after)) if succeeded > 0 => Some(report::round3(
             (after as f64 - before as f64) / succeeded as f64,
@@ -397,8 +454,8 @@ fn finish(
         "held_s": args.hold,
         "dropped": dropped,
         "drop_reasons": drops,
-        "pbkdf2_computed": sum("pbkdf2_computed"),
-        "pbkdf2_cached": sum("pbkdf2_cached"),
+        "pbkdf2_computed": pbkdf2_computed,
+        "pbkdf2_cached": pbkdf2_cached,
     });
 
     println!("== connect: {} users, {procs} process(es) ==", args.count);
@@ -466,4 +523,118 @@ pub fn cpu_line(cpu: &Value) -> Option<String> {
         show("server_cpu_s"),
         show("tool_cpu_s")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_user_once_and_differ_by_at_most_one() {
+        for (count, k) in [
+            (19_000, 2),
+            (19_001, 2),
+            (36_001, 3),
+            (10, 4),
+            (3, 3),
+            (7, 1),
+        ] {
+            let shares: Vec<_> = (0..k).map(|i| share(count, 101, i, k)).collect();
+            assert_eq!(shares[0].start, 101);
+            assert_eq!(shares[k as usize - 1].end, 101 + count);
+            for pair in shares.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "contiguous, disjoint");
+            }
+            let sizes: Vec<u64> = shares.iter().map(|r| r.end - r.start).collect();
+            assert_eq!(sizes.iter().sum::<u64>(), count);
+            let (min, max) = (sizes.iter().min(), sizes.iter().max());
+            assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{sizes:?}");
+        }
+        assert_eq!(share(19_000, 1, 0, 2), 1..9_501);
+        assert_eq!(share(19_000, 1, 1, 2), 9_501..19_001);
+    }
+
+    #[test]
+    fn processes_follow_the_descriptor_limit_unless_forced() {
+        assert_eq!(procs_for(1_000, 0), 1);
+        assert_eq!(procs_for(USERS_PER_PROCESS, 0), 1);
+        assert_eq!(procs_for(19_000, 0), 2);
+        assert_eq!(procs_for(50_000, 0), 3);
+        // --workers forces the count, but never more processes than users.
+        assert_eq!(procs_for(19_000, 2), 2);
+        assert_eq!(procs_for(1_000, 4), 4);
+        assert_eq!(procs_for(3, 8), 3);
+        assert_eq!(procs_for(0, 0), 1);
+    }
+
+    #[test]
+    fn worker_specs_and_rates() {
+        assert_eq!(parse_worker("1/2").expect("valid"), (1, 2));
+        assert!(parse_worker("2/2").is_err());
+        assert!(parse_worker("1").is_err());
+        assert!(parse_worker("a/b").is_err());
+        // Rates follow the shares, so they add up to the requested rate.
+        let total: f64 = (0..3)
+            .map(|i| {
+                let r = share(10_001, 1, i, 3);
+                worker_rate(Some(900.0), 10_001, r.end - r.start).expect("rate")
+            })
+            .sum();
+        assert!((total - 900.0).abs() < 1e-9, "{total}");
+        assert_eq!(worker_rate(None, 10, 5), None);
+    }
+
+    /// A worker's `online` line as it arrives on the parent's pipe.
+    fn online_line(ok: u64, failed: u64, failures: Value, latencies: &[u64], last: f64) -> Value {
+        let mut hist = report::histogram();
+        for &us in latencies {
+            report::record(&mut hist, us);
+        }
+        let line = json!({
+            "event": "online",
+            "succeeded": ok,
+            "failed": failed,
+            "failures": failures,
+            "login_phase_s": last + 0.01,
+            "last_success_s": last,
+            "login_latency": report::export(&hist),
+            "tool_cpu_s": 0.5,
+            "pbkdf2_computed": 0,
+            "pbkdf2_cached": ok + failed,
+        })
+        .to_string();
+        serde_json::from_str(&line).expect("the line parses back")
+    }
+
+    #[test]
+    fn worker_reports_add_up() {
+        let a = online_line(9_500, 0, json!({}), &[1_000, 2_000, 30_000], 1.5);
+        let b = online_line(
+            9_498,
+            2,
+            json!({"connect: timed out": 2}),
+            &[4_000, 1_032_000],
+            1.75,
+        );
+        let totals = aggregate(&[a.clone(), b], Some(2.0));
+        assert_eq!((totals.succeeded, totals.failed), (18_998, 2));
+        assert_eq!(totals.failures.get("connect: timed out"), Some(&2));
+        assert_eq!(totals.hist.len(), 5);
+        assert_eq!(totals.hist.max(), totals.hist.highest_equivalent(1_032_000));
+        assert_eq!(totals.pbkdf2_cached, 19_000);
+        // The parent's wall clock is the phase; a failure means never all online.
+        assert_eq!(totals.phase, 2.0);
+        assert_eq!(totals.login_rate, 18_998.0 / 2.0);
+        assert_eq!(totals.all_online, None);
+
+        let c = online_line(9_500, 0, json!({}), &[500], 1.75);
+        let totals = aggregate(&[a.clone(), c], Some(2.0));
+        assert_eq!(totals.failed, 0);
+        // All online when the slowest worker's last login succeeded.
+        assert_eq!(totals.all_online, Some(1.75));
+        // In one process (no parent clock), its own phase counts.
+        let totals = aggregate(&[a], None);
+        assert_eq!(totals.phase, 1.51);
+        assert_eq!(totals.all_online, Some(1.5));
+    }
 }

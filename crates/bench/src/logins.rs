@@ -4,9 +4,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::client::{ClientConfig, Failure, Session, login};
+use crate::report::Failures;
 
 /// The result of one login attempt.
 pub struct Outcome {
@@ -72,6 +74,37 @@ pub fn start(config: Arc<ClientConfig>, plan: Plan) -> mpsc::UnboundedReceiver<O
         }
     });
     rx
+}
+
+/// Logs every user of `plan` in and waits for all of them: the sessions in the order of
+/// `plan.users` (`None` where the login failed) and the failures by reason.
+pub async fn login_all(
+    config: Arc<ClientConfig>,
+    plan: Plan,
+    label: &str,
+) -> anyhow::Result<(Vec<Option<Session>>, Failures)> {
+    let position: std::collections::HashMap<u64, usize> = plan
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, i))
+        .collect();
+    let total = plan.users.len() as u64;
+    let mut outcomes = start(config, plan);
+    let mut sessions: Vec<Option<Session>> = (0..total).map(|_| None).collect();
+    let mut failures = Failures::new();
+    let mut progress = Progress::new(label);
+    for done in 1..=total {
+        let Some(outcome) = outcomes.recv().await else {
+            bail!("login dispatcher stopped early");
+        };
+        match outcome.result {
+            Ok(session) => sessions[position[&outcome.index]] = Some(session),
+            Err(failure) => *failures.entry(failure.to_string()).or_default() += 1,
+        }
+        progress.tick(done, failures.values().sum(), total);
+    }
+    Ok((sessions, failures))
 }
 
 /// Prints a progress line to stderr at most once a second.

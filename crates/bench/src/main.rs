@@ -5,17 +5,20 @@
 //!   to all-online and, with `--pid`, the server's memory per idle session.
 //! - `chat`: P pairs exchange messages at a fixed rate or as fast as a bounded window allows;
 //!   throughput, loss, duplicates, latency percentiles and server CPU per message.
+//! - `http-send`: P senders post messages through Confab's HTTP client API to P receivers
+//!   logged in over XMPP; answers by status, loss, commit and delivery latency.
 //!
 //! Every scenario prints a human table and then one line of JSON with all figures.
 //! BENCHMARKS.md at the repository root says how to run them and what was measured.
 //!
 //! Layout: `xml` frames the server's stream, `transport` opens TCP/TLS, `sasl` and `client`
-//! log one user in, `logins` logs many in, and `connect`, `chat` and `register` are the
-//! scenarios; `report` holds the figures and /proc sampling.
+//! log one user in, `logins` logs many in, and `connect`, `chat`, `http_send` and
+//! `register` are the scenarios; `report` holds the figures and /proc sampling.
 
 mod chat;
 mod client;
 mod connect;
+mod http_send;
 mod logins;
 mod register;
 mod report;
@@ -50,6 +53,9 @@ enum Command {
     Connect(ConnectArgs),
     /// P pairs of users exchange chat messages; measures throughput and latency.
     Chat(ChatArgs),
+    /// P senders post messages through Confab's HTTP API (`POST /api/v1/messages`) to P
+    /// receivers logged in over XMPP; measures commit and delivery latency.
+    HttpSend(HttpSendArgs),
 }
 
 /// Flags every scenario takes.
@@ -144,9 +150,9 @@ struct ConnectArgs {
     /// Seconds of idleness after all are online before the server's RSS is sampled.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
-    /// Processes to spread the users over (each may hold ~18k descriptors here); 0 picks
-    /// one per 18,000 users.
-    #[arg(long, default_value_t = 0)]
+    /// Processes to spread the users over (a process may hold 20,000 descriptors here); 0
+    /// picks one per 18,000 users.
+    #[arg(long, visible_alias = "workers", default_value_t = 0)]
     procs: u32,
     /// Internal: run as worker i of K, speaking JSON lines to the parent.
     #[arg(long, hide = true, value_name = "I/K")]
@@ -181,6 +187,39 @@ struct ChatArgs {
     /// Do not send initial presence (messages then go to the full JID only).
     #[arg(long)]
     no_presence: bool,
+}
+
+/// `confab-bench http-send`.
+#[derive(Debug, Clone, Args)]
+struct HttpSendArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The server's HTTP listener (host:port; plain http only).
+    #[arg(long, default_value = "127.0.0.1:5280")]
+    http: String,
+    /// Pairs: user(2i-1) posts over HTTP to user(2i), who receives over XMPP.
+    #[arg(long, default_value_t = 100)]
+    pairs: u64,
+    /// Messages per second per sender, when not --max; the offered load is this times
+    /// --pairs, open-loop.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Send as fast as --inflight allows instead of at --rate.
+    #[arg(long)]
+    max: bool,
+    /// Requests in flight per sender, at most (each on its own keep-alive connection).
+    #[arg(long, default_value_t = 16)]
+    inflight: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// After sending, wait for every committed message to arrive; give up once nothing has
+    /// arrived for this many seconds.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+    /// Seconds one request may take before it counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
 }
 
 /// A login rate: per second, or unbounded.
@@ -281,6 +320,12 @@ fn main() -> anyhow::Result<()> {
                 bail!("--pairs must be at least 1");
             }
             runtime(args.common.threads)?.block_on(chat::run(args))?;
+        }
+        Command::HttpSend(args) => {
+            if args.pairs == 0 {
+                bail!("--pairs must be at least 1");
+            }
+            runtime(args.common.threads)?.block_on(http_send::run(args))?;
         }
     }
     Ok(())

@@ -182,7 +182,11 @@ impl Module for ImToken {
     }
 
     async fn on_session_closed(&self, router: &Router, resource: &Arc<Resource>) {
-        self.issued.lock().remove(&resource.id);
+        // Most sessions never ask for a token; a store write for each of them made closing
+        // many sessions at once queue on the writer (seen as seconds of pool waits).
+        if self.issued.lock().remove(&resource.id).is_none() {
+            return;
+        }
         if let Err(error) = router
             .store
             .revoke_for_session(resource.jid.as_str(), resource.id)
