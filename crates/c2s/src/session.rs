@@ -90,7 +90,8 @@ pub struct Session {
     phase: Phase,
     header_sent: bool,
     secure: bool,
-    sasl: Option<SaslServer>,
+    /// Boxed: only a stream in the middle of authenticating needs it.
+    sasl: Option<Box<SaslServer>>,
     auth_failures: u32,
     attempted_username: Option<String>,
     username: Option<String>,
@@ -814,7 +815,7 @@ impl Session {
             },
         };
         let (sasl, step) = SaslServer::start(mechanism, initial.as_deref());
-        self.sasl = Some(sasl);
+        self.sasl = Some(Box::new(sasl));
         self.phase = Phase::Authenticating;
         self.sasl_step(step).await
     }

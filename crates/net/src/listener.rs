@@ -70,11 +70,18 @@ impl C2sListener {
             read_rate: self.config.read_rate,
             read_burst: self.config.read_burst,
             tls: self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            clock: governor::clock::DefaultClock::default(),
         });
         // One descriptor held in reserve: when accept fails with EMFILE we release it, accept
         // the waiting connection and close it at once, so the client sees a refusal instead
         // of hanging in the backlog, and the loop does not spin.
         let mut reserve = open_reserve();
+        // Linux copies TCP_NODELAY from the listening socket to the accepted ones; when
+        // `bind` set it there, a setsockopt per connection is saved.
+        let nodelay_inherited = cfg!(target_os = "linux")
+            && socket2::SockRef::from(&self.listener)
+                .tcp_nodelay()
+                .unwrap_or(false);
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -111,7 +118,9 @@ impl C2sListener {
                 drop(stream);
                 continue;
             };
-            let _ = stream.set_nodelay(true);
+            if !nodelay_inherited {
+                let _ = stream.set_nodelay(true);
+            }
             let router = self.router.clone();
             let c2s = self.c2s.clone();
             let limits = limits.clone();
@@ -131,12 +140,14 @@ impl C2sListener {
 /// 128 and every overflowed client waits a full second for its SYN retry.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// Binds a listening socket with a deep accept queue and `SO_REUSEADDR` (so a restart does
-/// not wait for old connections in TIME_WAIT).
+/// Binds a listening socket with a deep accept queue, `SO_REUSEADDR` (so a restart does
+/// not wait for old connections in TIME_WAIT) and `TCP_NODELAY` for the connections it accepts
+/// (stanzas are written whole, and a login's round trips must not wait for Nagle).
 pub fn bind(address: std::net::SocketAddr) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -152,4 +163,25 @@ fn is_fd_exhaustion(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accept loop skips its per-connection `set_nodelay` on Linux because accepted sockets
+    /// inherit the option from the listener; this holds it to that.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let address = listener.local_addr().expect("address");
+        let client = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        if cfg!(target_os = "linux") {
+            assert!(accepted.nodelay().expect("nodelay"));
+        }
+        drop(client);
+    }
 }

@@ -7,10 +7,10 @@
 
 use confab_core::{BareJid, Element, FullJid, Jid, Stanza, StreamErrorCondition};
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Identifies one bound session for its lifetime (a reconnect gets a new id).
 pub type SessionId = u64;
@@ -54,11 +54,19 @@ pub struct Resource {
     pub id: SessionId,
     /// The bound full JID.
     pub jid: FullJid,
-    mailbox: mpsc::Sender<SessionCommand>,
+    mailbox: Arc<MailboxShared>,
     /// Presence bookkeeping.
     pub state: Mutex<PresenceState>,
     kick: Mutex<Option<(StreamErrorCondition, &'static str)>>,
     kicked: Notify,
+}
+
+impl Drop for Resource {
+    fn drop(&mut self) {
+        // Like a channel whose last sender is gone: the receiver drains, then sees the end.
+        self.mailbox.queue.lock().sender_gone = true;
+        self.mailbox.ready.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Resource {
@@ -73,7 +81,91 @@ impl std::fmt::Debug for Resource {
 /// The receiving half a connection task owns.
 pub struct Mailbox {
     /// Stanzas to write.
-    pub receiver: mpsc::Receiver<SessionCommand>,
+    pub receiver: MailboxReceiver,
+}
+
+/// A bounded queue of stanzas for one session.
+///
+/// Not a `tokio::sync::mpsc` channel: that allocates about 800 bytes per channel up front
+/// (its shared state and a first block of 32 slots), about a seventh of what an idle
+/// session cost. This queue holds nothing while empty and gives a grown buffer back once it
+/// drains.
+struct MailboxShared {
+    queue: Mutex<Queue>,
+    /// Wakes the receiver; one permit is stored when it is not waiting.
+    ready: Notify,
+}
+
+struct Queue {
+    items: VecDeque<SessionCommand>,
+    capacity: usize,
+    /// No further stanzas are accepted: the receiver closed or dropped.
+    receiver_gone: bool,
+    /// The resource (the sending side) is gone: `recv` returns `None` once drained.
+    sender_gone: bool,
+}
+
+/// A drained queue keeps a buffer this small (in entries); a larger one is released.
+const KEEP_QUEUE_CAPACITY: usize = 16;
+
+/// The mailbox is empty (or, after [`MailboxReceiver::close`] or once the resource is gone,
+/// drained for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("mailbox empty")]
+pub struct TryRecvError;
+
+/// The receiving end of a session's mailbox.
+pub struct MailboxReceiver {
+    shared: Arc<MailboxShared>,
+}
+
+impl MailboxReceiver {
+    /// The next stanza; `None` once the mailbox was closed (or its resource dropped) and
+    /// everything queued before was taken. Cancel-safe: nothing is lost when the future is
+    /// dropped before it completes.
+    pub async fn recv(&mut self) -> Option<SessionCommand> {
+        loop {
+            match self.shared.take() {
+                Ok(command) => return Some(command),
+                Err(true) => return None,
+                Err(false) => self.shared.ready.notified().await,
+            }
+        }
+    }
+
+    /// The next stanza if one is queued.
+    pub fn try_recv(&mut self) -> Result<SessionCommand, TryRecvError> {
+        self.shared.take().map_err(|_| TryRecvError)
+    }
+
+    /// Refuses further stanzas; those already queued can still be taken.
+    pub fn close(&mut self) {
+        self.shared.queue.lock().receiver_gone = true;
+    }
+}
+
+impl Drop for MailboxReceiver {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue.lock();
+        queue.receiver_gone = true;
+        queue.items = VecDeque::new();
+    }
+}
+
+impl MailboxShared {
+    /// Pops the next command; `Err(finished)` when empty, `finished` when nothing can come.
+    fn take(&self) -> Result<SessionCommand, bool> {
+        let mut queue = self.queue.lock();
+        match queue.items.pop_front() {
+            Some(command) => {
+                if queue.items.is_empty() && queue.items.capacity() > KEEP_QUEUE_CAPACITY {
+                    queue.items = VecDeque::new();
+                }
+                Ok(command)
+            }
+            None => Err(queue.receiver_gone || queue.sender_gone),
+        }
+    }
 }
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -103,7 +195,18 @@ pub struct Undelivered {
 impl Resource {
     /// Creates a resource and its mailbox of `capacity` stanzas.
     pub fn new(jid: FullJid, capacity: usize) -> (Arc<Self>, Mailbox) {
-        let (mailbox, receiver) = mpsc::channel(capacity.max(1));
+        let mailbox = Arc::new(MailboxShared {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                capacity: capacity.max(1),
+                receiver_gone: false,
+                sender_gone: false,
+            }),
+            ready: Notify::new(),
+        });
+        let receiver = MailboxReceiver {
+            shared: mailbox.clone(),
+        };
         let resource = Arc::new(Self {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             jid,
@@ -119,20 +222,23 @@ impl Resource {
     /// `policy-violation` rather than slowing the sender or growing without bound; the
     /// stanza is reported undelivered so the caller can fall back (for example to storage).
     pub fn send(&self, stanza: Stanza) -> Result<(), DeliveryError> {
-        match self
-            .mailbox
-            .try_send(SessionCommand::Deliver(Box::new(stanza)))
-        {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick(
-                    StreamErrorCondition::PolicyViolation,
-                    "mailbox overflow: client too slow",
-                );
-                Err(DeliveryError::Overflow)
-            }
+        let command = SessionCommand::Deliver(Box::new(stanza));
+        let mut queue = self.mailbox.queue.lock();
+        if queue.receiver_gone {
+            return Err(DeliveryError::Closed);
         }
+        if queue.items.len() >= queue.capacity {
+            drop(queue);
+            self.kick(
+                StreamErrorCondition::PolicyViolation,
+                "mailbox overflow: client too slow",
+            );
+            return Err(DeliveryError::Overflow);
+        }
+        queue.items.push_back(command);
+        drop(queue);
+        self.mailbox.ready.notify_one();
+        Ok(())
     }
 
     /// Asks the connection task to close with a stream error (RFC 6120 §4.9).
@@ -390,6 +496,47 @@ mod tests {
             manager.most_available(&bare).is_empty(),
             "negative priority never receives bare-JID messages"
         );
+    }
+
+    #[tokio::test]
+    async fn mailbox_delivers_in_order_and_ends_like_a_channel() {
+        let (resource, mut mailbox) = Resource::new(full("a@x/r"), 8);
+        let stanza = |id: &str| {
+            let mut element = Element::bare("message", "jabber:client");
+            confab_core::stanza::set_attr(&mut element, "id", Some(id.to_owned()));
+            Stanza::new(element)
+        };
+        let id = |command: Option<SessionCommand>| match command {
+            Some(SessionCommand::Deliver(stanza)) => stanza.id().map(str::to_owned),
+            None => None,
+        };
+        assert_eq!(mailbox.receiver.try_recv().err(), Some(TryRecvError));
+        // A receiver waiting before the send is woken.
+        let waiting = tokio::spawn(async move {
+            let first = mailbox.receiver.recv().await;
+            (mailbox, first)
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(resource.send(stanza("1")), Ok(()));
+        let (mut mailbox, first) = waiting.await.expect("join");
+        assert_eq!(id(first).as_deref(), Some("1"));
+        assert_eq!(resource.send(stanza("2")), Ok(()));
+        assert_eq!(resource.send(stanza("3")), Ok(()));
+        assert_eq!(id(mailbox.receiver.recv().await).as_deref(), Some("2"));
+        // The resource going away ends the mailbox after what was queued.
+        drop(resource);
+        assert_eq!(id(mailbox.receiver.recv().await).as_deref(), Some("3"));
+        assert!(mailbox.receiver.recv().await.is_none());
+
+        // Closing refuses new stanzas but keeps what is queued.
+        let (resource, mut mailbox) = Resource::new(full("a@x/r"), 8);
+        assert_eq!(resource.send(stanza("4")), Ok(()));
+        mailbox.receiver.close();
+        assert_eq!(resource.send(stanza("5")), Err(DeliveryError::Closed));
+        assert_eq!(id(mailbox.receiver.try_recv().ok()).as_deref(), Some("4"));
+        assert!(mailbox.receiver.recv().await.is_none());
+        drop(mailbox);
+        assert_eq!(resource.send(stanza("6")), Err(DeliveryError::Closed));
     }
 
     #[test]
