@@ -1,6 +1,7 @@
 //! Opening the SQLite database and the plumbing shared by every store trait implementation.
 
 mod accounts;
+mod append;
 mod apps;
 mod archive;
 mod blocks;
@@ -14,6 +15,7 @@ mod tests;
 mod tokens;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use confab_core::store::StoreError;
@@ -44,6 +46,13 @@ const OPEN_RETRY: Duration = Duration::from_millis(20);
 /// Prepared statements cached per connection; the store issues a few dozen distinct ones, so
 /// every statement stays prepared after its first use.
 const STATEMENT_CACHE: usize = 64;
+
+/// WAL size (pages) past which a committing writer copies the WAL back into the database.
+/// SQLite's default of 1,000 (4 MiB) meant a checkpoint every two or three busy message
+/// batches, each copying and syncing the same hot index pages again; at 10,000 a page
+/// rewritten by many batches is copied once, which halved the checkpoint's share of an
+/// append. The cost is a WAL file of up to about 40 MiB, replayed after a crash.
+pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 /// The embedded schema; `build.rs` makes Cargo re-embed it when a migration changes.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -87,6 +96,9 @@ pub struct SqliteStore {
     /// Connections for plain reads, which WAL lets run while the writer commits. For an
     /// in-memory database this is the writer pool itself, since the data lives in one connection.
     reader: SqlitePool,
+    /// The message log's append path, on a connection of its own (see `append.rs`); it
+    /// writes only while holding `writer`'s connection.
+    appender: append::Appender,
     /// Maximum offline messages kept per account.
     offline_quota: u32,
 }
@@ -119,7 +131,8 @@ impl SqliteStore {
         let writer_options = base
             .clone()
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
+            .journal_mode(SqliteJournalMode::Wal)
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
         let deadline = Instant::now() + BUSY_TIMEOUT;
         // Switching a new file to WAL needs an exclusive lock that SQLite does not wait for, so
         // a second process opening the same fresh file at that moment gets SQLITE_BUSY at once.
@@ -149,19 +162,33 @@ impl SqliteStore {
             .connect_with(base.pragma("query_only", "ON"))
             .await
             .map_err(open_error)?;
+        let appender =
+            append::Appender::open_file(&path, BUSY_TIMEOUT).map_err(|e| StoreOpenError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
 
         Ok(Self {
             writer,
             reader,
+            appender,
             offline_quota: DEFAULT_OFFLINE_QUOTA,
         })
     }
 
     /// Opens a private, empty in-memory database (for tests); it vanishes when dropped.
     pub async fn open_in_memory() -> Result<Self, StoreOpenError> {
-        let path = PathBuf::from(":memory:");
-        // A private in-memory database exists only inside its one connection, so the pool
-        // holds exactly one and must never retire it.
+        // A named shared-cache database, so the append connection sees the same data; the
+        // name is unique to this store, which keeps it private.
+        static STORES: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "file:confab-memory-{}-{}",
+            std::process::id(),
+            STORES.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = PathBuf::from(&name);
+        // The database lives as long as a connection to it is open, so the pool holds
+        // exactly one and must never retire it.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -170,7 +197,9 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(
                 SqliteConnectOptions::new()
+                    .filename(&name)
                     .in_memory(true)
+                    .shared_cache(true)
                     .foreign_keys(true),
             )
             .await
@@ -179,9 +208,16 @@ impl SqliteStore {
                 reason: describe(&e),
             })?;
         migrate(&pool, &path, Instant::now()).await?;
+        let appender = append::Appender::open_memory(&name, BUSY_TIMEOUT).map_err(|e| {
+            StoreOpenError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(Self {
             writer: pool.clone(),
             reader: pool,
+            appender,
             offline_quota: DEFAULT_OFFLINE_QUOTA,
         })
     }
@@ -196,6 +232,7 @@ impl SqliteStore {
     /// checkpoints the WAL back into the database file.
     pub async fn close(&self) {
         self.reader.close().await;
+        self.appender.close().await;
         self.writer.close().await;
     }
 

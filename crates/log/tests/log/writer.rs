@@ -116,9 +116,10 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// Pushes `total` messages from `tasks` concurrent tasks through a log with `max_batch`
-/// into an on-disk store and prints messages/s and commit latency percentiles.
-async fn measure(label: &str, total: usize, tasks: usize, max_batch: usize) {
+/// Pushes `total` messages from `tasks` concurrent tasks, spread over `conversations`,
+/// through a log with `max_batch` into an on-disk store and prints messages/s, commit latency
+/// percentiles and the writer's time per message.
+async fn measure(label: &str, total: usize, tasks: usize, conversations: usize, max_batch: usize) {
     let (_dir, store) = on_disk().await;
     let log = Arc::new(MessageLog::new(
         store,
@@ -135,7 +136,7 @@ async fn measure(label: &str, total: usize, tasks: usize, max_batch: usize) {
         set.spawn(async move {
             let mut latencies = Vec::with_capacity(each);
             for n in 0..each {
-                let msg = message(task % 1000, Some(format!("t{task}-{n}")));
+                let msg = message(task % conversations, Some(format!("t{task}-{n}")));
                 let sent = Instant::now();
                 log.commit(msg).await.expect("commit");
                 latencies.push(sent.elapsed().as_micros() as u64);
@@ -154,7 +155,7 @@ async fn measure(label: &str, total: usize, tasks: usize, max_batch: usize) {
     println!(
         "{label}: {} messages from {tasks} tasks in {:.2} s = {:.0} msg/s; \
          commit latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {batches} transactions, \
-         {:.1} messages and {:.2} ms each",
+         {:.1} messages and {:.2} ms each; writer busy {:.1} µs per message",
         latencies.len(),
         elapsed.as_secs_f64(),
         latencies.len() as f64 / elapsed.as_secs_f64(),
@@ -163,6 +164,7 @@ async fn measure(label: &str, total: usize, tasks: usize, max_batch: usize) {
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
         latencies.len() as f64 / batches.max(1) as f64,
         stats.append_micros.load(Ordering::Relaxed) as f64 / batches.max(1) as f64 / 1000.0,
+        stats.append_micros.load(Ordering::Relaxed) as f64 / latencies.len() as f64,
     );
 }
 
@@ -170,7 +172,12 @@ async fn measure(label: &str, total: usize, tasks: usize, max_batch: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "throughput measurement; run on demand in release mode"]
 async fn writer_throughput() {
-    measure("group commit (max_batch 256)", 100_000, 200, 256).await;
+    measure("group commit, 200 tasks", 100_000, 200, 200, 2048).await;
+    // The shape of `scripts/bench-durable-ack.sh max`: 100 conversations, 16 messages in
+    // flight in each, so the queue holds up to 1,600.
+    measure("100 conversations x 16 in flight", 160_000, 1600, 100, 2048).await;
+    // The same load as the last, capped at 256 per transaction: the cost of small batches.
+    measure("max_batch 256", 160_000, 1600, 100, 256).await;
     // The same load, one transaction per message, for comparison (fewer messages: slow).
-    measure("no batching (max_batch 1)", 5_000, 200, 1).await;
+    measure("no batching (max_batch 1)", 5_000, 200, 200, 1).await;
 }
