@@ -130,7 +130,9 @@ impl ArchiveStore for SqliteStore {
             return Ok(Vec::new());
         }
         // The writer pool's only connection is this store's write turn: holding it keeps
-        // every other write out while the append connection commits (see `append.rs`).
+        // every other write out while the append connection commits (see `append.rs`). Were
+        // this future dropped mid-commit, a write let in early would only wait on SQLite's
+        // lock (busy timeout), not interleave.
         let _turn = self.writer.acquire().await.map_err(unavailable)?;
         self.appender.append(batch.to_vec()).await
     }
