@@ -23,9 +23,9 @@
 #
 # Profiles (configs in bench/ejabberd and bench/prosody; bench/README.md says why each
 # setting): "minimal" = roster, disco, offline, ping; "full" = minimal plus MAM archiving of
-# every message (in SQLite, WAL mode), stream management and carbons. Confab has one
-# configuration: it always archives every message in SQLite and acknowledges it only once
-# committed (fsync), whatever the profile.
+# every message (in SQLite, WAL mode), stream management and carbons (which `chat` enables
+# there: --sm --carbons). Confab has one configuration: it always archives every message in
+# SQLite and acknowledges it only once committed (fsync), whatever the profile.
 #
 # Servers run as child processes (ejabberd and Prosody as their system users when this runs as
 # root) in a temporary directory, on loopback ports chosen here (never 5222). ejabberd runs
@@ -346,7 +346,9 @@ run_scenario() {
       "$bench" chat $c --first "$spare" --pairs 1 --rate 20 --duration 1 \
         >>"$res/$scenario-warmup.out" 2>&1 || die "$srv: chat warm-up failed (see $res/$scenario-warmup.out)"
       log "$srv ($profile): chat $pairs pairs, max rate, $duration s (machine busy before: $other cores)"
-      "$bench" chat $c --pairs "$pairs" --max --inflight "$inflight" --duration "$duration" \
+      local chat_extra=""
+      [ "$profile" = full ] && chat_extra="--sm --carbons" # exercise the loaded modules
+      "$bench" chat $c --pairs "$pairs" --max --inflight "$inflight" --duration "$duration" $chat_extra \
         --pid "$server_pid" >"$res/chat.out" 2>"$res/chat.err" || log "$srv: chat exited with an error"
       ;;
   esac

@@ -52,6 +52,7 @@ use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::client::{Read, Session, ping_reply, read_frame};
 use crate::report::{self, CpuMeter, Failures};
+use crate::sm::{self, SmCounter, SmEvent};
 use crate::transport::Stream;
 use crate::xml::{self, Scanner};
 use crate::{ChatArgs, logins, sasl};
@@ -319,6 +320,8 @@ struct ReaderStats {
     last_ack_us: u64,
     /// Why the connection ended before we stopped it, if it did.
     dropped: Option<String>,
+    /// With stream management enabled on this connection: its counter.
+    sm: Option<SmCounter>,
 }
 
 type Writer = Arc<Mutex<WriteHalf<Stream>>>;
@@ -362,6 +365,50 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             None
         }
     };
+    // --sm / --carbons: enable them on every session, all at once.
+    let mut extras: Vec<[sm::Enabled; 2]> = Vec::new();
+    let (mut sm_failures, mut carbons_failures) = (Failures::new(), Failures::new());
+    if args.sm || args.carbons {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (a, b)) in ready.into_iter().enumerate() {
+            for (side, mut session) in [(0, a), (1, b)] {
+                let (with_sm, with_carbons) = (args.sm, args.carbons);
+                tasks.spawn(async move {
+                    let enabled = sm::enable(&mut session, with_sm, with_carbons).await;
+                    (i, side, session, enabled)
+                });
+            }
+        }
+        let mut slots: Vec<[Option<(Session, sm::Enabled)>; 2]> =
+            (0..pairs).map(|_| [None, None]).collect();
+        while let Some(done) = tasks.join_next().await {
+            let (i, side, session, enabled) = done?;
+            for failure in &enabled.failures {
+                let failures = if failure.starts_with("carbons") {
+                    &mut carbons_failures
+                } else {
+                    &mut sm_failures
+                };
+                *failures.entry(failure.clone()).or_default() += 1;
+            }
+            slots[i][side] = Some((session, enabled));
+        }
+        ready = Vec::with_capacity(pairs);
+        for [a, b] in slots {
+            let ((a, a_enabled), (b, b_enabled)) = (
+                a.expect("every task returned"),
+                b.expect("every task returned"),
+            );
+            ready.push((a, b));
+            extras.push([a_enabled, b_enabled]);
+        }
+        report::print_failures("stream management not enabled", &sm_failures);
+        report::print_failures("carbons not enabled", &carbons_failures);
+    }
+    let sm_enabled = extras.iter().flatten().filter(|e| e.sm.is_some()).count();
+    let carbons_enabled = extras.iter().flatten().filter(|e| e.carbons).count();
+    let mut extras = extras.into_iter();
+
     // Let presence echoes and any post-login traffic settle before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -383,8 +430,10 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         let pair = Arc::new(Pair::new(window));
         shared.push(pair.clone());
         let (a_jid, b_jid) = (a.jid.clone(), b.jid.clone());
-        let (a_in, a_wr) = split(a);
-        let (b_in, b_wr) = split(b);
+        let (mut a_in, a_wr) = split(a);
+        let (mut b_in, b_wr) = split(b);
+        [a_in.sm, b_in.sm] = extras.next().map_or([None, None], |[a, b]| [a.sm, b.sm]);
+        let (a_has_sm, b_has_sm) = (a_in.sm.is_some(), b_in.sm.is_some());
         // Direction 0 arrives at b (whose connection also gets direction 1's receipts),
         // direction 1 at a.
         for (inbound, writer, direction) in [(b_in, b_wr.clone(), 0), (a_in, a_wr.clone(), 1)] {
@@ -398,7 +447,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                 stop_rx.clone(),
             )));
         }
-        for (writer, to, direction) in [(a_wr, b_jid, 0), (b_wr, a_jid, 1)] {
+        for (writer, to, direction, sm) in [(a_wr, b_jid, 0, a_has_sm), (b_wr, a_jid, 1, b_has_sm)]
+        {
             let mode = if args.max {
                 Mode::Window
             } else {
@@ -419,6 +469,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                     start,
                     start_us,
                     deadline,
+                    sm,
                 },
             )));
         }
@@ -428,9 +479,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut send_errors = Failures::new();
     let mut lag = report::histogram();
     let mut send_end_us = start_us;
+    let mut sm_requests_sent = 0u64;
     for handle in senders {
         match handle.await {
             Ok(outcome) => {
+                sm_requests_sent += outcome.sm_requests;
                 lag.add(&outcome.lag).expect("same histogram bounds");
                 send_end_us = send_end_us.max(outcome.end_us);
                 if let Some(reason) = outcome.error {
@@ -519,6 +572,31 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             *drops.entry(reason.clone()).or_default() += 1;
         }
     }
+    let sm_counters = || stats.iter().flatten().filter_map(|r| r.sm.as_ref());
+    let sm_acks: u64 = sm_counters().map(|c| c.acks).sum();
+    let sm_requests_answered: u64 = sm_counters().map(|c| c.requests).sum();
+    let sm_acked_h: u64 = sm_counters().filter_map(|c| c.last_h).map(u64::from).sum();
+    let clients = pairs * 2;
+    let sm_json = args.sm.then(|| {
+        json!({
+            "clients": clients,
+            "enabled": sm_enabled,
+            "all_enabled": sm_enabled == clients,
+            "failures": sm_failures,
+            "requests_sent": sm_requests_sent,
+            "acks_received": sm_acks,
+            "acked_stanzas": sm_acked_h,
+            "server_requests_answered": sm_requests_answered,
+        })
+    });
+    let carbons_json = args.carbons.then(|| {
+        json!({
+            "clients": clients,
+            "enabled": carbons_enabled,
+            "all_enabled": carbons_enabled == clients,
+            "failures": carbons_failures,
+        })
+    });
     let any_ack = stats.iter().flatten().any(|r| r.acked.len() > 0);
     let with_acks = advertised == Some(true) || any_ack;
     let mut totals = Tally::default();
@@ -596,6 +674,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         "send_lag": rate_only(&lag),
         "cpu": cpu_json,
         "server_cpu_us_per_msg": server_us_per_msg,
+        "sm": sm_json,
+        "carbons": carbons_json,
         "pbkdf2_computed": computed,
         "pbkdf2_cached": cached,
     });
@@ -675,6 +755,24 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         );
         println!("send lag        {}", report::summary_line(&lag));
     }
+    if args.sm {
+        println!(
+            "stream mgmt     enabled on {sm_enabled}/{clients} clients{}; {sm_requests_sent} <r/> \
+             sent, {sm_acks} <a/> received (h total {sm_acked_h}); {sm_requests_answered} \
+             server <r/> answered",
+            if sm_enabled == clients { " (all)" } else { "" }
+        );
+    }
+    if args.carbons {
+        println!(
+            "carbons         enabled on {carbons_enabled}/{clients} clients{}",
+            if carbons_enabled == clients {
+                " (all)"
+            } else {
+                ""
+            }
+        );
+    }
     println!("cpu             {}", cpu.line());
     if let Some(us) = server_us_per_msg {
         println!("server cpu      {us:.1} µs per delivered message");
@@ -725,16 +823,19 @@ fn split(session: Session) -> (Inbound, Writer) {
             rd,
             buf: conn.buf,
             scanner: conn.scanner,
+            sm: None,
         },
         Arc::new(Mutex::new(wr)),
     )
 }
 
-/// The receiving side of a session: the read half and the framing state so far.
+/// The receiving side of a session: the read half, the framing state so far and, with
+/// stream management enabled, the stanzas counted so far.
 struct Inbound {
     rd: ReadHalf<Stream>,
     buf: BytesMut,
     scanner: Scanner,
+    sm: Option<SmCounter>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -764,6 +865,8 @@ struct Plan {
     start: tokio::time::Instant,
     start_us: u64,
     deadline: tokio::time::Instant,
+    /// Stream management is enabled on this connection: ask for acknowledgements.
+    sm: bool,
 }
 
 /// What a sender reports.
@@ -774,20 +877,39 @@ struct SendOutcome {
     end_us: u64,
     /// Why it stopped early, if it did.
     error: Option<String>,
+    /// Stream-management `<r/>` requests written.
+    sm_requests: u64,
 }
 
 /// Sends messages until the deadline.
 async fn sender(writer: Writer, plan: Plan) -> SendOutcome {
     let mut lag = report::histogram();
-    let error = send_until(writer, &plan, &mut lag).await.err();
+    let mut sm_requests = 0;
+    let mut error = send_until(&writer, &plan, &mut lag, &mut sm_requests)
+        .await
+        .err();
+    let end_us = now_us();
+    // One last request, so that the server acknowledges everything sent.
+    if plan.sm && error.is_none() {
+        match writer.lock().await.write_all(sm::REQUEST).await {
+            Ok(()) => sm_requests += 1,
+            Err(e) => error = Some(format!("write: {e}")),
+        }
+    }
     SendOutcome {
         lag,
-        end_us: now_us(),
+        end_us,
         error,
+        sm_requests,
     }
 }
 
-async fn send_until(writer: Writer, plan: &Plan, lag: &mut Histogram<u64>) -> Result<(), String> {
+async fn send_until(
+    writer: &Writer,
+    plan: &Plan,
+    lag: &mut Histogram<u64>,
+    sm_requests: &mut u64,
+) -> Result<(), String> {
     let Plan {
         to,
         nonce,
@@ -797,9 +919,12 @@ async fn send_until(writer: Writer, plan: &Plan, lag: &mut Histogram<u64>) -> Re
         start,
         start_us,
         deadline,
+        sm,
     } = plan;
     let mut out = Vec::with_capacity(MAX_BATCH * (to.len() + 120));
     let mut seq = 0u64;
+    // With stream management: messages since the last <r/>, and when it was sent.
+    let (mut unrequested, mut requested_at) = (0u64, Instant::now());
     loop {
         out.clear();
         match *mode {
@@ -858,6 +983,14 @@ async fn send_until(writer: Writer, plan: &Plan, lag: &mut Histogram<u64>) -> Re
                 }
             }
         }
+        if *sm {
+            unrequested += seq - pair.issued[*direction].load(Ordering::Relaxed);
+            if unrequested >= sm::REQUEST_EVERY || requested_at.elapsed() >= sm::REQUEST_INTERVAL {
+                out.extend_from_slice(sm::REQUEST);
+                *sm_requests += 1;
+                (unrequested, requested_at) = (0, Instant::now());
+            }
+        }
         pair.issued[*direction].store(seq, Ordering::Release);
         if let Err(error) = writer.lock().await.write_all(&out).await {
             return Err(format!("write: {error}"));
@@ -891,11 +1024,13 @@ async fn reader(
         last_us: 0,
         last_ack_us: 0,
         dropped: None,
+        sm: inbound.sm,
     };
     let Inbound {
         mut rd,
         mut buf,
         mut scanner,
+        ..
     } = inbound;
     let other = 1 - direction;
     let unexpected = |stats: &mut ReaderStats, reason: &str| {
@@ -913,6 +1048,16 @@ async fn reader(
                 }
             },
         };
+        if let Some(sm) = &mut stats.sm {
+            match sm.observe(&element) {
+                SmEvent::Request(answer) => {
+                    let _ = writer.lock().await.write_all(answer.as_bytes()).await;
+                    continue;
+                }
+                SmEvent::Ack | SmEvent::Other => continue,
+                SmEvent::Stanza => {}
+            }
+        }
         match xml::tag_name(&element) {
             b"message" => {}
             b"iq" => {

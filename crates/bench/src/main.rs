@@ -23,6 +23,7 @@ mod logins;
 mod register;
 mod report;
 mod sasl;
+mod sm;
 mod transport;
 mod xml;
 
@@ -187,6 +188,13 @@ struct ChatArgs {
     /// Do not send initial presence (messages then go to the full JID only).
     #[arg(long)]
     no_presence: bool,
+    /// Enable XEP-0198 stream management on every client after bind: answer the server's
+    /// <r/>, and ask for acknowledgements every 100 messages or 1 s.
+    #[arg(long)]
+    sm: bool,
+    /// Enable XEP-0280 message carbons on every client after bind.
+    #[arg(long)]
+    carbons: bool,
 }
 
 /// `confab-bench http-send`.
