@@ -328,11 +328,11 @@ type Writer = Arc<Mutex<WriteHalf<Stream>>>;
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let common = &args.common;
-    if !args.max && (args.rate <= 0.0 || !args.rate.is_finite()) {
+    if !args.load.max && (args.load.rate <= 0.0 || !args.load.rate.is_finite()) {
         bail!("--rate must be a positive number (or use --max)");
     }
     let config = Arc::new(common.client_config(!args.no_presence)?);
-    let users: Vec<u64> = (0..args.pairs * 2).map(|n| common.first + n).collect();
+    let users: Vec<u64> = (0..args.load.pairs * 2).map(|n| common.first + n).collect();
     let total = users.len() as u64;
     let plan = logins::Plan {
         users,
@@ -414,10 +414,14 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
 
     let nonce: Arc<str> = format!("{:08x}", rand::random::<u32>()).into();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let duration = Duration::from_secs_f64(args.duration.max(0.0));
-    let window = if args.max { args.inflight.max(1) } else { 0 };
+    let duration = Duration::from_secs_f64(args.load.duration.max(0.0));
+    let window = if args.load.max {
+        args.load.inflight.max(1)
+    } else {
+        0
+    };
     let senders_n = pairs * 2;
-    let per_direction = args.rate / 2.0;
+    let per_direction = args.load.rate / 2.0;
     let meter = CpuMeter::start(common.pid);
     // One origin for every sender's schedule, on both clocks.
     let start = tokio::time::Instant::now();
@@ -443,13 +447,13 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                 pair.clone(),
                 direction,
                 nonce.clone(),
-                !args.max,
+                !args.load.max,
                 stop_rx.clone(),
             )));
         }
         for (writer, to, direction, sm) in [(a_wr, b_jid, 0, a_has_sm), (b_wr, a_jid, 1, b_has_sm)]
         {
-            let mode = if args.max {
+            let mode = if args.load.max {
                 Mode::Window
             } else {
                 Mode::Rate {
@@ -474,7 +478,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             )));
         }
     }
-    eprintln!("chat: {pairs} pairs sending for {} s", args.duration);
+    eprintln!("chat: {pairs} pairs sending for {} s", args.load.duration);
 
     let mut send_errors = Failures::new();
     let mut lag = report::histogram();
@@ -512,7 +516,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     // acknowledged, as long as the server makes progress: a server behind the offered load
     // is drained completely, and only what has not moved for --grace seconds is missing.
     let drain_start = Instant::now();
-    let idle_limit = Duration::from_secs_f64(args.grace.max(0.0));
+    let idle_limit = Duration::from_secs_f64(args.load.grace.max(0.0));
     let (mut progress, mut last_progress) = (u64::MAX, Instant::now());
     let drained = loop {
         let sent = sum(|p| &p.sent);
@@ -623,11 +627,12 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         received_unacked,
     } = totals;
 
-    let offered = (!args.max).then_some(args.rate * pairs as f64);
-    let sent_rate = per_second(sent, start_us, send_end_us, args.duration);
+    let offered = (!args.load.max).then_some(args.load.rate * pairs as f64);
+    let sent_rate = per_second(sent, start_us, send_end_us, args.load.duration);
     // Over the sending time, or until the last arrival if the server fell behind.
-    let throughput = per_second(received, start_us, last_us, args.duration);
-    let acked_rate = with_acks.then(|| per_second(acked, start_us, last_ack_us, args.duration));
+    let throughput = per_second(received, start_us, last_us, args.load.duration);
+    let acked_rate =
+        with_acks.then(|| per_second(acked, start_us, last_ack_us, args.load.duration));
     let (computed, cached) = sasl::cache_stats();
     let cpu_json = cpu.json();
     let server_us_per_msg = cpu
@@ -635,7 +640,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         .filter(|_| received > 0)
         .map(|s| report::round3(s * 1e6 / received as f64));
     let ack_only = |value: Value| if with_acks { value } else { Value::Null };
-    let rate_only = |hist: &Histogram<u64>| (!args.max).then(|| report::summary(hist));
+    let rate_only = |hist: &Histogram<u64>| (!args.load.max).then(|| report::summary(hist));
     let result = json!({
         "scenario": "chat",
         "server": common.server,
@@ -644,10 +649,10 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         "pairs": pairs,
         "failed_logins": failed_logins,
         "login_failures": failures,
-        "mode": if args.max { "max" } else { "rate" },
-        "rate_per_pair": (!args.max).then_some(args.rate),
-        "inflight_per_pair": args.max.then_some(window),
-        "duration_s": args.duration,
+        "mode": if args.load.max { "max" } else { "rate" },
+        "rate_per_pair": (!args.load.max).then_some(args.load.rate),
+        "inflight_per_pair": args.load.max.then_some(window),
+        "duration_s": args.load.duration,
         "drain_s": report::round3(drain_s),
         "drained": drained,
         "acks_advertised": advertised,
@@ -682,12 +687,12 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
 
     println!(
         "== chat: {pairs} pairs, {} for {} s ==",
-        if args.max {
+        if args.load.max {
             format!("max rate, {window} in flight per pair")
         } else {
-            format!("{} msgs/s per pair", args.rate)
+            format!("{} msgs/s per pair", args.load.rate)
         },
-        args.duration
+        args.load.duration
     );
     let na = |shown: String| if with_acks { shown } else { "n/a".to_owned() };
     println!(
@@ -741,10 +746,14 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     if bounced > 0 {
         println!("bounced         {bounced}");
     }
-    let since = if args.max { "" } else { " (from due time)" };
+    let since = if args.load.max {
+        ""
+    } else {
+        " (from due time)"
+    };
     println!("delivery{since}  {}", report::summary_line(&delivery));
     println!("ack{since}       {}", na(report::summary_line(&ack)));
-    if !args.max {
+    if !args.load.max {
         println!(
             "delivery (from write)   {}",
             report::summary_line(&delivery_from_send)

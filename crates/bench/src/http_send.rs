@@ -533,12 +533,12 @@ fn messages_uri(http: &str) -> anyhow::Result<Uri> {
 
 pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
     let common = &args.common;
-    if !args.max && (args.rate <= 0.0 || !args.rate.is_finite()) {
+    if !args.load.max && (args.load.rate <= 0.0 || !args.load.rate.is_finite()) {
         bail!("--rate must be a positive number (or use --max)");
     }
     let uri = messages_uri(&args.http)?;
     let config = Arc::new(common.client_config(true)?);
-    let users: Vec<u64> = (0..args.pairs * 2).map(|n| common.first + n).collect();
+    let users: Vec<u64> = (0..args.load.pairs * 2).map(|n| common.first + n).collect();
     let total = users.len() as u64;
     let plan = logins::Plan {
         users,
@@ -595,8 +595,8 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
 
     let nonce: Arc<str> = format!("{:08x}", rand::random::<u32>()).into();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let duration = Duration::from_secs_f64(args.duration.max(0.0));
-    let inflight = args.inflight.max(1);
+    let duration = Duration::from_secs_f64(args.load.duration.max(0.0));
+    let inflight = args.load.inflight.max(1);
     let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
     let meter = CpuMeter::start(common.pid);
     let start = tokio::time::Instant::now();
@@ -628,11 +628,11 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
             nonce: nonce.clone(),
             lane,
             answers: answer,
-            mode: if args.max {
+            mode: if args.load.max {
                 Mode::Window
             } else {
                 Mode::Rate {
-                    rate: args.rate,
+                    rate: args.load.rate,
                     index: i,
                     senders: pairs,
                 }
@@ -646,7 +646,7 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
     }
     eprintln!(
         "http-send: {pairs} senders posting to {uri} for {} s",
-        args.duration
+        args.load.duration
     );
 
     let (mut sent, mut unsent) = (0u64, 0u64);
@@ -668,7 +668,7 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
     // Drain: wait until every committed message has arrived, as long as deliveries keep
     // coming; what has not moved for --grace seconds is missing.
     let drain_start = Instant::now();
-    let idle_limit = Duration::from_secs_f64(args.grace.max(0.0));
+    let idle_limit = Duration::from_secs_f64(args.load.grace.max(0.0));
     let (mut progress, mut last_progress) = (u64::MAX, Instant::now());
     let drained = loop {
         let (committed, received) = (sum(|l| &l.committed), sum(|l| &l.received));
@@ -755,16 +755,16 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
         ..
     } = totals;
 
-    let offered = (!args.max).then_some(args.rate * pairs as f64);
-    let sent_rate = per_second(sent, start_us, send_end_us, args.duration);
-    let committed_rate = per_second(committed, start_us, last_answer_us, args.duration);
-    let throughput = per_second(received, start_us, last_us, args.duration);
+    let offered = (!args.load.max).then_some(args.load.rate * pairs as f64);
+    let sent_rate = per_second(sent, start_us, send_end_us, args.load.duration);
+    let committed_rate = per_second(committed, start_us, last_answer_us, args.load.duration);
+    let throughput = per_second(received, start_us, last_us, args.load.duration);
     let (computed, cached) = sasl::cache_stats();
     let server_us_per_msg = cpu
         .server
         .filter(|_| received > 0)
         .map(|s| report::round3(s * 1e6 / received as f64));
-    let rate_only = |hist: &Histogram<u64>| (!args.max).then(|| report::summary(hist));
+    let rate_only = |hist: &Histogram<u64>| (!args.load.max).then(|| report::summary(hist));
     let status_json: BTreeMap<String, u64> =
         statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect();
     let connections = opened.load(Ordering::Relaxed);
@@ -778,15 +778,15 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
         "failed_logins": failed_logins,
         "login_failures": failures,
         "token_failures": token_failures,
-        "mode": if args.max { "max" } else { "rate" },
-        "rate_per_pair": (!args.max).then_some(args.rate),
+        "mode": if args.load.max { "max" } else { "rate" },
+        "rate_per_pair": (!args.load.max).then_some(args.load.rate),
         "inflight_per_sender": inflight,
-        "duration_s": args.duration,
+        "duration_s": args.load.duration,
         "drain_s": report::round3(drain_s),
         "drained": drained,
         "http_connections": connections,
         "sent": sent,
-        "unsent": (!args.max).then_some(unsent),
+        "unsent": (!args.load.max).then_some(unsent),
         "http_status": status_json,
         "committed": committed,
         "duplicate_answers": answer_duplicates,
@@ -822,15 +822,15 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
 
     println!(
         "== http-send: {pairs} senders, {} for {} s ==",
-        if args.max {
+        if args.load.max {
             format!("max rate, {inflight} requests in flight per sender")
         } else {
             format!(
                 "{} msgs/s per sender, at most {inflight} requests in flight each",
-                args.rate
+                args.load.rate
             )
         },
-        args.duration
+        args.load.duration
     );
     println!("http            POST {uri}, {connections} connections opened");
     match offered {
@@ -872,10 +872,14 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
             " (stopped: no progress for --grace)"
         }
     );
-    let since = if args.max { "" } else { " (from due time)" };
+    let since = if args.load.max {
+        ""
+    } else {
+        " (from due time)"
+    };
     println!("http{since}      {}", report::summary_line(&http_latency));
     println!("delivery{since}  {}", report::summary_line(&delivery));
-    if !args.max {
+    if !args.load.max {
         println!(
             "http (from write)       {}",
             report::summary_line(&http_from_send)

@@ -160,22 +160,22 @@ struct ConnectArgs {
     worker: Option<String>,
 }
 
-/// `confab-bench chat`.
+/// The load shape shared by the pair scenarios (`chat`, `http-send`): user(2i-1) sends to
+/// user(2i).
 #[derive(Debug, Clone, Args)]
-struct ChatArgs {
-    #[command(flatten)]
-    common: Common,
-    /// Pairs: user(2i-1) and user(2i) message each other.
+struct PairLoad {
+    /// Pairs of users.
     #[arg(long, default_value_t = 100)]
     pairs: u64,
-    /// Messages per second per pair (both directions together), when not --max; the
-    /// offered load is this times --pairs, open-loop.
+    /// Messages per second per pair, when not --max; the offered load is this times
+    /// --pairs, open-loop.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
-    /// Send as fast as the window allows instead of at --rate.
+    /// Send as fast as --inflight allows instead of at --rate.
     #[arg(long)]
     max: bool,
-    /// With --max: messages sent but not yet received, per pair.
+    /// With --max: messages (chat) or requests (http-send, each on its own keep-alive
+    /// connection) in flight per pair.
     #[arg(long, default_value_t = 16)]
     inflight: usize,
     /// Seconds of sending.
@@ -185,6 +185,15 @@ struct ChatArgs {
     /// sends receipts); give up once nothing has arrived for this many seconds.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
+}
+
+/// `confab-bench chat`.
+#[derive(Debug, Clone, Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: PairLoad,
     /// Do not send initial presence (messages then go to the full JID only).
     #[arg(long)]
     no_presence: bool,
@@ -205,26 +214,8 @@ struct HttpSendArgs {
     /// The server's HTTP listener (host:port; plain http only).
     #[arg(long, default_value = "127.0.0.1:5280")]
     http: String,
-    /// Pairs: user(2i-1) posts over HTTP to user(2i), who receives over XMPP.
-    #[arg(long, default_value_t = 100)]
-    pairs: u64,
-    /// Messages per second per sender, when not --max; the offered load is this times
-    /// --pairs, open-loop.
-    #[arg(long, default_value_t = 10.0)]
-    rate: f64,
-    /// Send as fast as --inflight allows instead of at --rate.
-    #[arg(long)]
-    max: bool,
-    /// Requests in flight per sender, at most (each on its own keep-alive connection).
-    #[arg(long, default_value_t = 16)]
-    inflight: usize,
-    /// Seconds of sending.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// After sending, wait for every committed message to arrive; give up once nothing has
-    /// arrived for this many seconds.
-    #[arg(long, default_value_t = 5.0)]
-    grace: f64,
+    #[command(flatten)]
+    load: PairLoad,
     /// Seconds one request may take before it counts as failed.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
@@ -324,13 +315,13 @@ fn main() -> anyhow::Result<()> {
             runtime(args.common.threads)?.block_on(connect::run(args))?;
         }
         Command::Chat(args) => {
-            if args.pairs == 0 {
+            if args.load.pairs == 0 {
                 bail!("--pairs must be at least 1");
             }
             runtime(args.common.threads)?.block_on(chat::run(args))?;
         }
         Command::HttpSend(args) => {
-            if args.pairs == 0 {
+            if args.load.pairs == 0 {
                 bail!("--pairs must be at least 1");
             }
             runtime(args.common.threads)?.block_on(http_send::run(args))?;
