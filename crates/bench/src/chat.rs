@@ -328,32 +328,10 @@ type Writer = Arc<Mutex<WriteHalf<Stream>>>;
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let common = &args.common;
-    if !args.load.max && (args.load.rate <= 0.0 || !args.load.rate.is_finite()) {
-        bail!("--rate must be a positive number (or use --max)");
-    }
-    let config = Arc::new(common.client_config(!args.no_presence)?);
-    let users: Vec<u64> = (0..args.load.pairs * 2).map(|n| common.first + n).collect();
-    let total = users.len() as u64;
-    let plan = logins::Plan {
-        users,
-        prefix: common.users_prefix.clone(),
-        password: common.password.clone(),
-        rate: None,
-        concurrency: common.concurrency,
-        sources: common.sources(total)?,
-    };
-    let (sessions, failures) = logins::login_all(config, plan, "chat login:").await?;
-    let failed_logins: u64 = failures.values().sum();
-    report::print_failures("login failures", &failures);
-
     // Pairs where both users are online; the rest are reported and skipped.
-    let mut ready = Vec::new();
-    let mut it = sessions.into_iter();
-    while let (Some(a), Some(b)) = (it.next(), it.next()) {
-        if let (Some(a), Some(b)) = (a, b) {
-            ready.push((a, b));
-        }
-    }
+    let (mut ready, failures) =
+        logins::login_pairs(common, &args.load, !args.no_presence, "chat login:").await?;
+    let failed_logins: u64 = failures.values().sum();
     if ready.is_empty() {
         bail!("no pair could log in");
     }

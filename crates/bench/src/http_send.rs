@@ -533,35 +533,18 @@ fn messages_uri(http: &str) -> anyhow::Result<Uri> {
 
 pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
     let common = &args.common;
-    if !args.load.max && (args.load.rate <= 0.0 || !args.load.rate.is_finite()) {
-        bail!("--rate must be a positive number (or use --max)");
-    }
     let uri = messages_uri(&args.http)?;
-    let config = Arc::new(common.client_config(true)?);
-    let users: Vec<u64> = (0..args.load.pairs * 2).map(|n| common.first + n).collect();
-    let total = users.len() as u64;
-    let plan = logins::Plan {
-        users,
-        prefix: common.users_prefix.clone(),
-        password: common.password.clone(),
-        rate: None,
-        concurrency: common.concurrency,
-        sources: common.sources(total)?,
-    };
-    let (sessions, failures) = logins::login_all(config, plan, "http-send login:").await?;
+    let (online, failures) =
+        logins::login_pairs(common, &args.load, true, "http-send login:").await?;
     let failed_logins: u64 = failures.values().sum();
-    report::print_failures("login failures", &failures);
 
     // Pairs where both users are online get a token for the sender; the rest are skipped.
     let mut tokens = JoinSet::new();
-    let mut it = sessions.into_iter();
-    while let (Some(a), Some(b)) = (it.next(), it.next()) {
-        if let (Some(mut a), Some(b)) = (a, b) {
-            tokens.spawn(async move {
-                let token = im_token(&mut a.conn).await;
-                (a, b, token)
-            });
-        }
+    for (mut a, b) in online {
+        tokens.spawn(async move {
+            let token = im_token(&mut a.conn).await;
+            (a, b, token)
+        });
     }
     let mut ready = Vec::new();
     let mut token_failures = Failures::new();

@@ -138,3 +138,38 @@ impl Progress {
         );
     }
 }
+
+/// Logs in both users of every pair of `load` (user(2i-1) and user(2i) from `--first`) and
+/// returns the pairs where both are online, in order, with the failed logins by reason
+/// (also printed).
+pub async fn login_pairs(
+    common: &crate::Common,
+    load: &crate::PairLoad,
+    presence: bool,
+    label: &str,
+) -> anyhow::Result<(Vec<(Session, Session)>, Failures)> {
+    if !load.max && (load.rate <= 0.0 || !load.rate.is_finite()) {
+        bail!("--rate must be a positive number (or use --max)");
+    }
+    let config = Arc::new(common.client_config(presence)?);
+    let users: Vec<u64> = (0..load.pairs * 2).map(|n| common.first + n).collect();
+    let total = users.len() as u64;
+    let plan = Plan {
+        users,
+        prefix: common.users_prefix.clone(),
+        password: common.password.clone(),
+        rate: None,
+        concurrency: common.concurrency,
+        sources: common.sources(total)?,
+    };
+    let (sessions, failures) = login_all(config, plan, label).await?;
+    crate::report::print_failures("login failures", &failures);
+    let mut pairs = Vec::new();
+    let mut it = sessions.into_iter();
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        if let (Some(a), Some(b)) = (a, b) {
+            pairs.push((a, b));
+        }
+    }
+    Ok((pairs, failures))
+}
