@@ -215,18 +215,35 @@ fn parse_jid_attr(
 }
 
 /// Builds an element with unqualified attributes in one call; the common case for replies.
+/// Inserts into the attribute map directly: `ElementBuilder::attr` searches the map twice per
+/// attribute (look up, then insert), which showed in the per-message profile (receipts and
+/// stanza ids are built for every message).
 pub fn element(name: &str, namespace: &str, attrs: &[(&'static str, &str)]) -> Element {
-    let mut builder = Element::builder(name, namespace);
+    let mut element = Element::bare(name, namespace);
+    let map = element.attrs_mut();
     for (key, value) in attrs {
-        builder = builder.attr(rxml_name(key), *value);
+        map.insert(rxml::Namespace::NONE, rxml_name(key), (*value).to_owned());
     }
-    builder.build()
+    element
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::StanzaErrorCondition;
+
+    #[test]
+    fn element_matches_the_builder() {
+        let attrs = [("id", "x&<'\""), ("by", "b@example.org"), ("a", "")];
+        let ours = element("stanza-id", "urn:xmpp:sid:0", &attrs);
+        let mut builder = Element::builder("stanza-id", "urn:xmpp:sid:0");
+        for (key, value) in attrs {
+            builder = builder.attr(rxml_name(key), value);
+        }
+        let built = builder.build();
+        assert_eq!(ours, built);
+        assert_eq!(String::from(&ours), String::from(&built));
+    }
 
     fn parse(xml: &str) -> Stanza {
         Stanza::from_element(xml.parse().expect("xml")).expect("stanza")

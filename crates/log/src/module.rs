@@ -119,10 +119,16 @@ impl Module for LogModule {
         let Some(from) = stanza.from.clone().filter(|f| router.is_local_account(f)) else {
             return Flow::Continue;
         };
-        let sender = from.to_bare();
+        // `clone().into_bare()` truncates a copy; `to_bare()` formats the parts anew.
+        let sender = from.clone().into_bare();
         // RFC 6120 §10.3: no 'to' means the sender's own account.
-        let recipient = stanza.to.as_ref().map_or(sender.clone(), Jid::to_bare);
-        if !router.is_local_account(&Jid::from(recipient.clone())) || !archivable(&stanza.element) {
+        let recipient = stanza
+            .to
+            .as_ref()
+            .map_or_else(|| sender.clone(), |to| to.clone().into_bare());
+        // `Router::is_local_account` for a bare JID, without building a `Jid` for it.
+        let local = recipient.node().is_some() && recipient.domain() == router.domain().domain();
+        if !local || !archivable(&stanza.element) {
             return Flow::Continue;
         }
 
@@ -181,7 +187,14 @@ impl Module for LogModule {
             })
             && let Some(origin) = from.try_as_full().ok().and_then(|f| router.sessions.get(f))
         {
-            router.send(&origin, Stanza::new(ack.to_message(domain, from.as_str())));
+            // Built directly: `Stanza::new` would parse back the JIDs we already hold.
+            let receipt = Stanza {
+                kind: StanzaKind::Message,
+                element: ack.to_message(domain, from.as_str()),
+                to: Some(from),
+                from: Some(Jid::from(router.domain().clone())),
+            };
+            router.send(&origin, receipt);
         }
         if duplicate {
             // Exactly once as the user sees it: the original was delivered (or stored for

@@ -132,10 +132,11 @@ pub fn strip_our_stanza_ids(message: &mut Element, domain: &str) -> bool {
 
 /// Milliseconds since the epoch in the XEP-0082 DateTime profile (UTC, milliseconds, `Z`).
 pub fn format_stamp(stamp_ms: i64) -> String {
+    // `to_rfc3339_opts` writes the same text as the strftime pattern
+    // `%Y-%m-%dT%H:%M:%S%.3fZ` without parsing a format string for every receipt.
     chrono::DateTime::from_timestamp_millis(stamp_ms)
         .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Parses an XEP-0082 DateTime back to milliseconds since the epoch.
@@ -183,6 +184,17 @@ mod tests {
         let mut message = parse("<message xmlns='jabber:client'/>");
         message.append_child(ack);
         assert_eq!(Receipt::from_message(&message), Some(without_id));
+    }
+
+    #[test]
+    fn stamps_are_xep_0082_with_milliseconds() {
+        assert_eq!(format_stamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_stamp(1_700_000_000_005), "2023-11-14T22:13:20.005Z");
+        assert_eq!(format_stamp(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            parse_stamp(&format_stamp(1_700_000_000_123)),
+            Some(1_700_000_000_123)
+        );
     }
 
     #[test]

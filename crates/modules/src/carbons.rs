@@ -32,7 +32,7 @@
 
 use async_trait::async_trait;
 use confab_core::stanza::element;
-use confab_core::{BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
+use confab_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
 use confab_core::{FullJid, ns};
 use confab_router::{Flow, IqOutcome, Module, Router};
 use confab_sessions::{Resource, SessionId, Undelivered};
@@ -243,10 +243,11 @@ impl Module for Carbons {
         let Some(from) = stanza.from.clone() else {
             return Flow::Continue;
         };
+        // `clone().into_bare()` truncates a copy; `to_bare()` formats the parts anew.
         let recipient = match &stanza.to {
-            Some(to) => to.to_bare(),
+            Some(to) => to.clone().into_bare(),
             // RFC 6120 §10.3: no 'to' means the sender's own account.
-            None => from.to_bare(),
+            None => from.clone().into_bare(),
         };
         // The resources the router is about to hand the original to.
         let bound = stanza
@@ -264,7 +265,7 @@ impl Module for Carbons {
                 .collect(),
         };
 
-        let sender = from.to_bare();
+        let sender = from.clone().into_bare();
         let origin = from
             .try_as_full()
             .ok()
@@ -285,7 +286,9 @@ impl Module for Carbons {
                 }
             }
         }
-        if sender != recipient && router.is_local_account(&Jid::from(recipient.clone())) {
+        // `Router::is_local_account` for a bare JID, without building a `Jid` for it.
+        let local = recipient.node().is_some() && recipient.domain() == router.domain().domain();
+        if sender != recipient && local {
             // §6: the recipient's carbons-enabled resources that do not get the original.
             let mut copied = Vec::new();
             for target in self.enabled_resources(router, &recipient, &receivers) {
