@@ -78,7 +78,7 @@ fn has_receiver(router: &Router, to: Option<&Jid>, recipient: &confab_core::Bare
     {
         return true;
     }
-    !router.sessions.most_available(recipient).is_empty()
+    router.sessions.has_available(recipient)
 }
 
 /// The error a sender gets when its message could not be committed: RFC 6120 §8.3.2 `wait`,

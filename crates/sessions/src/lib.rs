@@ -377,6 +377,18 @@ impl SessionManager {
             .unwrap_or_default()
     }
 
+    /// Whether the account has an available resource with a non-negative priority, i.e.
+    /// whether [`SessionManager::most_available`] would be non-empty; checked without
+    /// collecting the resources, for the per-message "will anyone take it now" question.
+    pub fn has_available(&self, bare: &BareJid) -> bool {
+        self.shard(bare).read().get(bare).is_some_and(|resources| {
+            resources.iter().any(|r| {
+                let state = r.state.lock();
+                state.presence.is_some() && state.priority >= 0
+            })
+        })
+    }
+
     /// The session bound to a full JID.
     pub fn get(&self, full: &FullJid) -> Option<Arc<Resource>> {
         let bare = full.to_bare();
@@ -537,6 +549,29 @@ mod tests {
         assert!(mailbox.receiver.recv().await.is_none());
         drop(mailbox);
         assert_eq!(resource.send(stanza("6")), Err(DeliveryError::Closed));
+    }
+
+    #[test]
+    fn has_available_agrees_with_most_available() {
+        let manager = SessionManager::new();
+        let bare = BareJid::new("a@x").expect("jid");
+        assert!(!manager.has_available(&bare));
+        let (resource, _mailbox) = Resource::new(full("a@x/r"), 4);
+        manager.bind(resource.clone());
+        assert!(!manager.has_available(&bare), "bound without presence");
+        for (priority, expected) in [(-1, false), (0, true), (5, true)] {
+            {
+                let mut state = resource.state.lock();
+                state.presence = Some(Element::bare("presence", "jabber:client"));
+                state.priority = priority;
+            }
+            assert_eq!(
+                manager.has_available(&bare),
+                expected,
+                "priority {priority}"
+            );
+            assert_eq!(!manager.most_available(&bare).is_empty(), expected);
+        }
     }
 
     #[test]
