@@ -214,6 +214,16 @@ fn parse_jid_attr(
     }
 }
 
+/// The XEP-0359 `<stanza-id/>` that `by` (a bare JID) gave a message, if any. The message log
+/// removes ids a client claims in this server's name, so for a local recipient this is the
+/// server id its archive holds the message under.
+pub fn stanza_id_by<'a>(message: &'a Element, by: &str) -> Option<&'a str> {
+    message
+        .children()
+        .find(|c| c.is("stanza-id", crate::ns::SID) && c.attr("by") == Some(by))
+        .and_then(|c| c.attr("id"))
+}
+
 /// Builds an element with unqualified attributes in one call; the common case for replies.
 /// Inserts into the attribute map directly: `ElementBuilder::attr` searches the map twice per
 /// attribute (look up, then insert), which showed in the per-message profile (receipts and

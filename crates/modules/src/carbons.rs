@@ -31,7 +31,8 @@
 //! XEP-0334 `<no-copy/>` hint suppress both kinds of copy.
 
 use async_trait::async_trait;
-use confab_core::stanza::element;
+use confab_core::ns::SID;
+use confab_core::stanza::{element, stanza_id_by};
 use confab_core::{BareJid, Element, Stanza, StanzaError, StanzaErrorCondition, StanzaKind};
 use confab_core::{FullJid, ns};
 use confab_router::{Flow, IqOutcome, Module, Router};
@@ -49,8 +50,6 @@ pub const FORWARD: &str = "urn:xmpp:forward:0";
 const HINTS: &str = "urn:xmpp:hints";
 /// XEP-0045 MUC user payload: marks messages from a room, including private messages.
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
-/// XEP-0359 stanza ids.
-const SID: &str = "urn:xmpp:sid:0";
 
 /// Messages remembered by [`CopyLedger`]; older ones fall out (see there).
 const LEDGER_CAPACITY: usize = 16_384;
@@ -158,14 +157,6 @@ pub fn wrap(direction: &str, original: &Element, user: &BareJid, to: &FullJid) -
     let mut message = element("message", ns::CLIENT, &attrs);
     message.append_child(wrapper);
     Stanza::new(message)
-}
-
-/// The server id the message log gave a message for `recipient`, if it was committed.
-fn our_stanza_id<'a>(message: &'a Element, recipient: &BareJid) -> Option<&'a str> {
-    message
-        .children()
-        .find(|c| c.is("stanza-id", SID) && c.attr("by") == Some(recipient.as_str()))
-        .and_then(|c| c.attr("id"))
 }
 
 /// The sender's view of a committed message: the log's `<stanza-id/>` names the recipient's
@@ -303,7 +294,7 @@ impl Module for Carbons {
             // when it arrived (see `CopyLedger`).
             if bound.is_some()
                 && !copied.is_empty()
-                && let Some(server_id) = our_stanza_id(&stanza.element, &recipient)
+                && let Some(server_id) = stanza_id_by(&stanza.element, recipient.as_str())
             {
                 self.copies.lock().record(server_id, copied);
             }
@@ -320,7 +311,7 @@ impl Module for Carbons {
         let owner = resource.jid.to_bare();
         let ledger = self.copies.lock();
         for undelivered in stanzas.iter_mut() {
-            if let Some(holders) = our_stanza_id(&undelivered.stanza.element, &owner)
+            if let Some(holders) = stanza_id_by(&undelivered.stanza.element, owner.as_str())
                 .and_then(|server_id| ledger.holders.get(server_id))
             {
                 undelivered.holders.extend(holders.iter().copied());

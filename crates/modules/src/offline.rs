@@ -15,7 +15,7 @@
 //! and only those count against the offline quota.
 
 use async_trait::async_trait;
-use confab_core::stanza::element;
+use confab_core::stanza::{element, stanza_id_by};
 use confab_core::store::{OfflineMessage, StoreError};
 use confab_core::{Element, Stanza, StanzaKind, ns};
 use confab_router::{Flow, Module, Router};
@@ -28,8 +28,6 @@ use std::sync::Arc;
 const CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
 /// XEP-0334 message processing hints.
 const HINTS: &str = "urn:xmpp:hints";
-/// XEP-0359 unique and stable stanza ids.
-const SID: &str = "urn:xmpp:sid:0";
 
 /// Stores messages for unavailable accounts and replays them at the next availability.
 pub struct Offline {
@@ -122,14 +120,6 @@ fn worth_storing(message: &Element) -> bool {
     })
 }
 
-/// The server id the message log gave a message for `recipient`, if it was archived.
-fn archived_id<'a>(message: &'a Element, recipient: &str) -> Option<&'a str> {
-    message
-        .children()
-        .find(|c| c.is("stanza-id", SID) && c.attr("by") == Some(recipient))
-        .and_then(|c| c.attr("id"))
-}
-
 /// The stored message with its XEP-0203 `<delay/>` added, `None` if it no longer parses.
 fn stamped(message: &OfflineMessage, domain: &str) -> Option<Stanza> {
     let mut element: Element = message.xml.parse().ok()?;
@@ -182,7 +172,7 @@ impl Module for Offline {
         let Some(username) = to.node() else {
             return Flow::Continue;
         };
-        if let Some(server_id) = archived_id(&stanza.element, to.to_bare().as_str()) {
+        if let Some(server_id) = stanza_id_by(&stanza.element, to.to_bare().as_str()) {
             match router
                 .store
                 .push_offline_archived(username.as_str(), server_id)
