@@ -103,7 +103,9 @@ pub async fn create<S: AppStore + ?Sized>(
     // 128 random bits make collisions negligible, so a `Conflict` here means a broken
     // random source, and failing loudly is right.
     let app = App {
-        client_id: URL_SAFE_NO_PAD.encode(id),
+        // Hex, not base64url: an id starting with '-' would read as an option to
+        // `confab app del` and to most command-line tools.
+        client_id: id.iter().map(|byte| format!("{byte:02x}")).collect(),
         name: name.to_owned(),
         created_ms: now_ms,
     };
@@ -197,6 +199,21 @@ mod tests {
             .expect("stored");
         assert_ne!(&hash[..], new.secret.as_bytes());
         assert!(!format!("{new:?}").contains(&new.secret));
+    }
+
+    #[test]
+    fn client_ids_are_lowercase_hex() {
+        let store = Memory::default();
+        for _ in 0..64 {
+            let new = block_on(create(&store, "a", 0)).expect("create");
+            let id = &new.app.client_id;
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{id}"
+            );
+        }
     }
 
     #[test]
