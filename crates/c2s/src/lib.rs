@@ -13,5 +13,6 @@
 mod session;
 pub mod sm;
 
+pub use confab_codec::Framing;
 pub use session::{Action, C2sConfig, PreAuthIq, Session};
 pub use sm::{Resumption, Takeover};

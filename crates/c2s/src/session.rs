@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use bytes::BytesMut;
 use confab_auth::{LoginThrottle, Mechanism, SaslFailure, SaslServer, SaslStep};
-use confab_codec::{CodecError, Limits, StreamEvent, StreamHeader, XmlStreamDecoder, encode};
+use confab_codec::{CodecError, Framing, Limits, StreamEvent, StreamHeader, Wire};
 use confab_core::{
     BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
     StanzaParseError, StreamErrorCondition, ns,
@@ -85,7 +85,7 @@ pub struct Session {
     router: Arc<Router>,
     config: Arc<C2sConfig>,
     peer: SocketAddr,
-    decoder: XmlStreamDecoder,
+    wire: Wire,
     output: BytesMut,
     phase: Phase,
     header_sent: bool,
@@ -103,17 +103,24 @@ pub struct Session {
 
 impl Session {
     /// A session for a freshly accepted connection from `peer`.
-    pub fn new(router: Arc<Router>, config: Arc<C2sConfig>, peer: SocketAddr) -> Self {
-        let decoder = XmlStreamDecoder::new(config.limits);
+    /// `secure` when the carrier is already encrypted (direct TLS, WebSocket over HTTPS).
+    pub fn new(
+        router: Arc<Router>,
+        config: Arc<C2sConfig>,
+        peer: SocketAddr,
+        framing: Framing,
+        secure: bool,
+    ) -> Self {
+        let wire = Wire::new(framing, config.limits);
         Self {
             router,
             config,
             peer,
-            decoder,
+            wire,
             output: BytesMut::new(),
             phase: Phase::AwaitingHeader,
             header_sent: false,
-            secure: false,
+            secure,
             sasl: None,
             auth_failures: 0,
             attempted_username: None,
@@ -146,7 +153,7 @@ impl Session {
 
     /// Releases buffers while the connection is idle.
     pub fn shrink(&mut self) {
-        self.decoder.shrink();
+        self.wire.shrink();
         if self.output.is_empty() {
             self.output = BytesMut::new();
         }
@@ -159,7 +166,7 @@ impl Session {
                 input.clear();
                 return Action::Close;
             }
-            let event = match self.decoder.decode(input) {
+            let event = match self.wire.decode(input) {
                 Ok(Some(event)) => event,
                 Ok(None) => return Action::Continue,
                 Err(error) => return self.codec_error(&error),
@@ -219,14 +226,14 @@ impl Session {
             && sm.request_due_at().is_some()
         {
             sm.requested();
-            encode::element(&mut self.output, &sm::request());
+            self.wire.write_element(&mut self.output, &sm::request());
         }
     }
 
     /// Encodes a stanza for the client and, with XEP-0198 enabled, keeps it (moved, not
     /// copied) until the client acknowledges it (§4).
     fn write_stanza(&mut self, stanza: Box<Stanza>) -> Action {
-        encode::element(&mut self.output, &stanza.element);
+        self.wire.write_element(&mut self.output, &stanza.element);
         let Some(sm) = self.sm.as_mut() else {
             return Action::Continue;
         };
@@ -240,7 +247,7 @@ impl Session {
         }
         if sm.request_due_by_count() {
             sm.requested();
-            encode::element(&mut self.output, &sm::request());
+            self.wire.write_element(&mut self.output, &sm::request());
         }
         Action::Continue
     }
@@ -252,7 +259,7 @@ impl Session {
         }
         if !self.header_sent {
             // §4.9.1.2: the error must follow our stream header even if the client's was bad.
-            encode::stream_header(
+            self.wire.write_open(
                 &mut self.output,
                 self.config.domain.as_str(),
                 None,
@@ -261,7 +268,8 @@ impl Session {
             );
             self.header_sent = true;
         }
-        encode::element(&mut self.output, &condition.to_element(text));
+        self.wire
+            .write_element(&mut self.output, &condition.to_element(text));
         self.close_stream();
     }
 
@@ -411,7 +419,7 @@ impl Session {
 
     fn close_stream(&mut self) {
         if self.phase != Phase::Closed {
-            encode::stream_close(&mut self.output);
+            self.wire.write_close(&mut self.output);
             self.phase = Phase::Closed;
         }
     }
@@ -428,7 +436,7 @@ impl Session {
             self.stream_error(StreamErrorCondition::NotWellFormed, None);
             return Action::Close;
         }
-        encode::stream_header(
+        self.wire.write_open(
             &mut self.output,
             self.config.domain.as_str(),
             header.from.as_deref(),
@@ -457,7 +465,7 @@ impl Session {
             return Action::Close;
         }
         let features = self.features();
-        encode::element(&mut self.output, &features);
+        self.wire.write_element(&mut self.output, &features);
         self.phase = if self.username.is_some() {
             Phase::Authenticated
         } else {
@@ -482,9 +490,10 @@ impl Session {
             }
             return features;
         }
-        let tls_required =
-            !self.secure && self.config.tls_available && !self.peer.ip().is_loopback();
-        if !self.secure && self.config.tls_available {
+        let starttls =
+            !self.secure && self.config.tls_available && self.wire.framing().offers_starttls();
+        let tls_required = starttls && !self.peer.ip().is_loopback();
+        if starttls {
             let mut starttls = Element::bare("starttls", ns::TLS);
             if tls_required {
                 starttls.append_child(Element::bare("required", ns::TLS));
@@ -513,7 +522,7 @@ impl Session {
     }
 
     fn restart_stream(&mut self) {
-        self.decoder.reset();
+        self.wire.reset();
         self.header_sent = false;
         self.phase = Phase::AwaitingHeader;
     }
@@ -550,7 +559,8 @@ impl Session {
             // §4: answer a request with the count of stanzas handled.
             "r" => match self.sm.as_ref() {
                 Some(sm) => {
-                    encode::element(&mut self.output, &sm::answer(sm.inbound));
+                    self.wire
+                        .write_element(&mut self.output, &sm::answer(sm.inbound));
                     Action::Continue
                 }
                 None => self.sm_not_enabled(),
@@ -572,7 +582,8 @@ impl Session {
             }
             _ => {
                 // §3 ("resume" before bind included): anything else is a client error.
-                encode::element(&mut self.output, &sm::failed("unexpected-request"));
+                self.wire
+                    .write_element(&mut self.output, &sm::failed("unexpected-request"));
                 Action::Continue
             }
         }
@@ -602,7 +613,7 @@ impl Session {
                 ("send-count", &send_count.to_string()),
             ],
         ));
-        encode::element(&mut self.output, &error);
+        self.wire.write_element(&mut self.output, &error);
         self.close_stream();
         Action::Close
     }
@@ -615,7 +626,8 @@ impl Session {
             self.resource.clone(),
             self.username.clone(),
         ) else {
-            encode::element(&mut self.output, &sm::failed("unexpected-request"));
+            self.wire
+                .write_element(&mut self.output, &sm::failed("unexpected-request"));
             return Action::Continue;
         };
         let window = u32::try_from(self.config.resumption.timeout.as_secs()).unwrap_or(u32::MAX);
@@ -645,7 +657,7 @@ impl Session {
         } else {
             Element::bare("enabled", sm::NS)
         };
-        encode::element(&mut self.output, &enabled);
+        self.wire.write_element(&mut self.output, &enabled);
         self.sm = Some(Box::new(state));
         Action::Continue
     }
@@ -664,18 +676,21 @@ impl Session {
             } else {
                 "unexpected-request"
             };
-            encode::element(&mut self.output, &sm::failed(condition));
+            self.wire
+                .write_element(&mut self.output, &sm::failed(condition));
             return Action::Continue;
         };
         // An id of another account is as unknown as one that expired.
         let Some((entry, receiver)) = self.config.resumption.request(previd, &username) else {
-            encode::element(&mut self.output, &sm::failed("item-not-found"));
+            self.wire
+                .write_element(&mut self.output, &sm::failed("item-not-found"));
             return Action::Continue;
         };
         let Ok(Ok(Handoff { mut sm, mailbox })) =
             tokio::time::timeout(sm::TAKEOVER_WAIT, receiver).await
         else {
-            encode::element(&mut self.output, &sm::failed("item-not-found"));
+            self.wire
+                .write_element(&mut self.output, &sm::failed("item-not-found"));
             return Action::Continue;
         };
         let previd = previd.to_owned();
@@ -688,7 +703,7 @@ impl Session {
         if let Err(send_count) = acked {
             return self.handled_count_too_high(h, send_count);
         }
-        encode::element(
+        self.wire.write_element(
             &mut self.output,
             &confab_core::stanza::element(
                 "resumed",
@@ -699,11 +714,11 @@ impl Session {
         // §5: everything the client did not acknowledge is sent again, in order.
         if let Some(sm) = self.sm.as_mut() {
             for (stanza, _) in &sm.unacked {
-                encode::element(&mut self.output, &stanza.element);
+                self.wire.write_element(&mut self.output, &stanza.element);
             }
             if !sm.unacked.is_empty() {
                 sm.requested();
-                encode::element(&mut self.output, &sm::request());
+                self.wire.write_element(&mut self.output, &sm::request());
             }
         }
         tracing::debug!(jid = %entry.resource.jid, "stream resumed");
@@ -714,13 +729,18 @@ impl Session {
         let namespace = element.ns();
         match (element.name(), namespace.as_str()) {
             ("starttls", ns::TLS) if self.phase == Phase::Unauthenticated => {
-                if self.secure || !self.config.tls_available {
+                if self.secure
+                    || !self.config.tls_available
+                    || !self.wire.framing().offers_starttls()
+                {
                     // RFC 6120 §5.4.2.2: failure, then close.
-                    encode::element(&mut self.output, &Element::bare("failure", ns::TLS));
+                    self.wire
+                        .write_element(&mut self.output, &Element::bare("failure", ns::TLS));
                     self.close_stream();
                     return Action::Close;
                 }
-                encode::element(&mut self.output, &Element::bare("proceed", ns::TLS));
+                self.wire
+                    .write_element(&mut self.output, &Element::bare("proceed", ns::TLS));
                 Action::StartTls
             }
             ("auth", ns::SASL) if self.phase == Phase::Unauthenticated => {
@@ -783,7 +803,7 @@ impl Session {
                 None => return Action::Continue,
             },
         };
-        encode::element(&mut self.output, &reply.element);
+        self.wire.write_element(&mut self.output, &reply.element);
         Action::Continue
     }
 
@@ -827,7 +847,7 @@ impl Session {
                     let mut challenge = Element::bare("challenge", ns::SASL);
                     challenge
                         .append_text_node(base64::engine::general_purpose::STANDARD.encode(data));
-                    encode::element(&mut self.output, &challenge);
+                    self.wire.write_element(&mut self.output, &challenge);
                     return Action::Continue;
                 }
                 SaslStep::NeedCredentials { username } => {
@@ -876,7 +896,7 @@ impl Session {
                             base64::engine::general_purpose::STANDARD.encode(data),
                         );
                     }
-                    encode::element(&mut self.output, &success);
+                    self.wire.write_element(&mut self.output, &success);
                     self.sasl = None;
                     self.username = Some(username);
                     // RFC 6120 §6.4.6: the stream restarts after success.
@@ -910,7 +930,7 @@ impl Session {
             text_element.append_text_node(text);
             element.append_child(text_element);
         }
-        encode::element(&mut self.output, &element);
+        self.wire.write_element(&mut self.output, &element);
         self.auth_failures += 1;
         if self.auth_failures >= MAX_AUTH_ATTEMPTS {
             self.stream_error(

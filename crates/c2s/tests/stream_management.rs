@@ -61,7 +61,13 @@ impl Server {
     /// A session authenticated as `user`, not bound yet; returns the post-auth features.
     async fn authenticated(&self, user: &str) -> (Session, String) {
         let peer = "127.0.0.1:4000".parse::<SocketAddr>().unwrap();
-        let mut s = Session::new(self.router.clone(), self.config.clone(), peer);
+        let mut s = Session::new(
+            self.router.clone(),
+            self.config.clone(),
+            peer,
+            confab_codec::Framing::XmlStream,
+            false,
+        );
         send(&mut s, HEADER).await;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0secret"));
         let (_, out) = send(

@@ -48,7 +48,13 @@ async fn session(peer: &str, tls_available: bool) -> Session {
         throttle: Arc::new(LoginThrottle::default()),
         resumption: Arc::new(Resumption::new(Duration::from_secs(300))),
     });
-    Session::new(router, config, peer.parse::<SocketAddr>().unwrap())
+    Session::new(
+        router,
+        config,
+        peer.parse::<SocketAddr>().unwrap(),
+        confab_codec::Framing::XmlStream,
+        false,
+    )
 }
 
 async fn send(session: &mut Session, xml: &str) -> (Action, String) {

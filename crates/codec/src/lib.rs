@@ -23,6 +23,8 @@
 mod decode;
 pub mod encode;
 mod error;
+pub mod wire;
 
 pub use decode::{Limits, MAX_TOKEN_BYTES, StreamEvent, StreamHeader, XmlStreamDecoder};
 pub use error::CodecError;
+pub use wire::{Framing, Wire};

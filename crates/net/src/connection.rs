@@ -2,7 +2,7 @@
 //! timeouts and shutdown.
 
 use bytes::BytesMut;
-use confab_c2s::{Action, C2sConfig, Session, Takeover};
+use confab_c2s::{Action, C2sConfig, Framing, Session, Takeover};
 use confab_core::StreamErrorCondition;
 use confab_router::Router;
 use confab_sessions::{Mailbox, Resource, SessionCommand};
@@ -30,22 +30,55 @@ const DELIVERY_BATCH: usize = 64;
 /// An output buffer that grew beyond this is released after it drains.
 const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
 
-/// Per-connection limits shared by a listener.
-pub(crate) struct ConnectionLimits {
-    pub pre_auth_timeout: Duration,
-    pub idle_timeout: Option<Duration>,
-    pub read_rate: u32,
-    pub read_burst: u32,
-    pub tls: Option<TlsAcceptor>,
+/// Per-connection settings shared by a listener.
+pub struct ConnectionLimits {
+    pub(crate) pre_auth_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) read_rate: u32,
+    pub(crate) read_burst: u32,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) direct_tls: bool,
+    pub(crate) framing: Framing,
     /// One clock for every connection's rate limiter: creating a quanta clock calibrates it
     /// with `cpuid`, which under virtualisation traps to the hypervisor (it was a sixth of
     /// the server's CPU per login when every connection made its own).
-    pub clock: DefaultClock,
+    pub(crate) clock: DefaultClock,
+}
+
+impl ConnectionLimits {
+    /// The settings a listener configured with `config` gives each connection.
+    pub fn new(config: &crate::ListenerConfig) -> Self {
+        Self {
+            pre_auth_timeout: config.pre_auth_timeout,
+            idle_timeout: config.idle_timeout,
+            read_rate: config.read_rate,
+            read_burst: config.read_burst,
+            tls: config.tls.clone().map(TlsAcceptor::from),
+            direct_tls: config.direct_tls,
+            framing: config.framing,
+            clock: DefaultClock::default(),
+        }
+    }
+}
+
+/// A carrier of whole messages (a WebSocket): the driver hands the session each received
+/// message as one varint length-delimited frame and sends each frame the session writes as
+/// one message (see `confab_codec::wire`).
+#[async_trait::async_trait]
+pub trait MessageTransport: Send {
+    /// Waits for the next message and appends it to `buf` as one varint length-delimited
+    /// frame; returns the bytes appended, 0 when the peer closed.
+    async fn read_frame(&mut self, buf: &mut BytesMut) -> std::io::Result<usize>;
+    /// Sends every varint length-delimited frame in `frames` as one message.
+    async fn write_frames(&mut self, frames: &[u8]) -> std::io::Result<()>;
+    /// Closes the carrier (a WebSocket close frame).
+    async fn close(&mut self);
 }
 
 enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Message(Box<dyn MessageTransport>),
     /// The socket was moved into a TLS handshake that failed.
     Gone,
 }
@@ -84,6 +117,7 @@ impl Conn {
                 release_if_empty(buf);
                 stream.get_ref().0.readable().await?;
             },
+            Conn::Message(transport) => transport.read_frame(buf).await,
             Conn::Gone => Ok(0),
         }
     }
@@ -95,6 +129,7 @@ impl Conn {
                 stream.write_all(data).await?;
                 stream.flush().await
             }
+            Conn::Message(transport) => transport.write_frames(data).await,
             Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
         }
     }
@@ -103,12 +138,17 @@ impl Conn {
         let _ = match self {
             Conn::Plain(stream) => stream.shutdown().await,
             Conn::Tls(stream) => stream.shutdown().await,
+            Conn::Message(transport) => {
+                transport.close().await;
+                Ok(())
+            }
             Conn::Gone => Ok(()),
         };
     }
 }
 
-/// Runs one client connection to completion.
+/// Runs one client connection on a TCP socket to completion: with `limits.direct_tls` the
+/// TLS handshake comes first (XEP-0368) and the stream starts already secure.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -117,9 +157,61 @@ pub(crate) async fn serve(
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
 ) {
+    let conn = match (&limits.tls, limits.direct_tls) {
+        (Some(acceptor), true) => {
+            let handshake =
+                tokio::time::timeout(limits.pre_auth_timeout, Box::pin(acceptor.accept(stream)));
+            match handshake.await {
+                Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        _ => Conn::Plain(stream),
+    };
+    let secure = matches!(conn, Conn::Tls(_));
+    run(conn, secure, peer, router, c2s, limits, shutdown).await;
+}
+
+/// Runs one client connection over a message carrier (a WebSocket) to completion.
+pub async fn serve_messages(
+    transport: Box<dyn MessageTransport>,
+    secure: bool,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    c2s: Arc<C2sConfig>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+) {
+    Box::pin(run(
+        Conn::Message(transport),
+        secure,
+        peer,
+        router,
+        c2s,
+        limits,
+        shutdown,
+    ))
+    .await;
+}
+
+async fn run(
+    mut conn: Conn,
+    secure: bool,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    c2s: Arc<C2sConfig>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+) {
     router.metrics.connections.inc();
-    let mut session = Session::new(router.clone(), c2s, peer);
-    let mut conn = Conn::Plain(stream);
+    let mut session = Session::new(router.clone(), c2s, peer, limits.framing, secure);
     let mut mailbox = None;
     if let Err(error) = drive(&mut conn, &mut session, &mut mailbox, &limits, &shutdown).await {
         tracing::debug!(%peer, %error, "connection ended with an error");

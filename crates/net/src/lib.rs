@@ -11,4 +11,5 @@ mod connection;
 mod listener;
 pub mod tls;
 
+pub use connection::{ConnectionLimits, MessageTransport, serve_messages};
 pub use listener::{C2sListener, ListenerConfig, bind};

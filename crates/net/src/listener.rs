@@ -1,7 +1,7 @@
 //! The accept loop: caps connections and turns descriptor exhaustion into refusals.
 
 use crate::connection::{self, ConnectionLimits};
-use confab_c2s::C2sConfig;
+use confab_c2s::{C2sConfig, Framing};
 use confab_router::Router;
 use rustls::ServerConfig;
 use std::io;
@@ -26,8 +26,12 @@ pub struct ListenerConfig {
     pub read_rate: u32,
     /// Read burst per connection, bytes.
     pub read_burst: u32,
-    /// TLS for STARTTLS; `None` disables STARTTLS.
+    /// TLS for STARTTLS (or for the whole connection with `direct_tls`); `None` disables it.
     pub tls: Option<Arc<ServerConfig>>,
+    /// XEP-0368: TLS from the first byte instead of STARTTLS.
+    pub direct_tls: bool,
+    /// How the stream is framed on this listener.
+    pub framing: Framing,
 }
 
 /// A bound client listener (RFC 6120 over TCP with STARTTLS).
@@ -64,14 +68,7 @@ impl C2sListener {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
-        let limits = Arc::new(ConnectionLimits {
-            pre_auth_timeout: self.config.pre_auth_timeout,
-            idle_timeout: self.config.idle_timeout,
-            read_rate: self.config.read_rate,
-            read_burst: self.config.read_burst,
-            tls: self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
-            clock: governor::clock::DefaultClock::default(),
-        });
+        let limits = Arc::new(ConnectionLimits::new(&self.config));
         // One descriptor held in reserve: when accept fails with EMFILE we release it, accept
         // the waiting connection and close it at once, so the client sees a refusal instead
         // of hanging in the backlog, and the loop does not spin.

@@ -107,6 +107,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             read_rate: config.c2s.read_rate_bytes_per_sec,
             read_burst: config.c2s.read_burst_bytes,
             tls: Some(tls),
+            direct_tls: false,
+            framing: confab_c2s::Framing::XmlStream,
         },
     );
 
