@@ -69,6 +69,14 @@ pub enum CodecError {
     /// default namespace instead of behind a prefix (RFC 6120 §4.8.5, §4.9.3.2).
     #[error("bad namespace prefix '{0}'")]
     BadNamespacePrefix(String),
+    /// A frame of a message-oriented framing whose varint length prefix is malformed
+    /// (longer than 10 bytes or overflowing 64 bits).
+    #[error("malformed frame length")]
+    BadFrameLength,
+    /// A frame that cannot be read as its framing requires (invalid protobuf, an XML
+    /// fragment that is not one element, ...).
+    #[error("invalid frame: {0}")]
+    InvalidFrame(String),
     /// Non-whitespace character data directly inside `<stream:stream>`; only whitespace may
     /// separate first-level elements (RFC 6120 §11.7).
     #[error("character data between stanzas")]
@@ -97,7 +105,7 @@ impl CodecError {
             }
             Self::BadNamespacePrefix(_) => C::BadNamespacePrefix,
             // §4.9.3.1: well-formed, but not something a stream can carry.
-            Self::TextBetweenStanzas => C::BadFormat,
+            Self::TextBetweenStanzas | Self::BadFrameLength | Self::InvalidFrame(_) => C::BadFormat,
         }
     }
 

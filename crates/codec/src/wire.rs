@@ -98,3 +98,147 @@ impl Wire {
         }
     }
 }
+
+/// Appends `payload` as one varint length-delimited frame (the protobuf convention, as in
+/// `prost::encode_length_delimiter`).
+pub fn put_frame(out: &mut BytesMut, payload: &[u8]) {
+    put_varint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a varint.
+pub fn put_varint(out: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        out.extend_from_slice(&[(value as u8) | 0x80]);
+        value >>= 7;
+    }
+    out.extend_from_slice(&[value as u8]);
+}
+
+/// Takes the next whole frame off the front of `input`, `Ok(None)` while it is incomplete.
+///
+/// The length is checked against `max` as soon as the prefix is complete, before any
+/// payload is buffered for it: a peer announcing 4 GiB gets `StanzaTooLarge` at once.
+pub fn take_frame(input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, CodecError> {
+    let mut length: u64 = 0;
+    let mut prefix = 0;
+    loop {
+        let Some(&byte) = input.get(prefix) else {
+            return if prefix >= 10 {
+                Err(CodecError::BadFrameLength)
+            } else {
+                Ok(None)
+            };
+        };
+        if prefix == 9 && byte > 1 {
+            return Err(CodecError::BadFrameLength);
+        }
+        length |= u64::from(byte & 0x7f) << (7 * prefix);
+        prefix += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if prefix == 10 {
+            return Err(CodecError::BadFrameLength);
+        }
+    }
+    if length > max as u64 {
+        return Err(CodecError::StanzaTooLarge { limit: max });
+    }
+    let length = length as usize;
+    if input.len() < prefix + length {
+        return Ok(None);
+    }
+    let _ = input.split_to(prefix);
+    Ok(Some(input.split_to(length)))
+}
+
+/// Splits a buffer of whole frames written with [`put_frame`] into their payloads (what a
+/// message carrier sends, one message each). A trailing partial frame is not returned.
+pub fn frames(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let mut length: u64 = 0;
+        let mut prefix = 0;
+        loop {
+            let &byte = buf.get(prefix)?;
+            length |= u64::from(byte & 0x7f) << (7 * prefix.min(9));
+            prefix += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            if prefix == 10 {
+                return None;
+            }
+        }
+        let end = prefix.checked_add(usize::try_from(length).ok()?)?;
+        let payload = buf.get(prefix..end)?;
+        buf = &buf[end..];
+        Some(payload)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_whatever_their_length() {
+        let mut out = BytesMut::new();
+        let payloads: Vec<Vec<u8>> = [0usize, 1, 127, 128, 300, 16_384, 70_000]
+            .iter()
+            .map(|&n| vec![7u8; n])
+            .collect();
+        for payload in &payloads {
+            put_frame(&mut out, payload);
+        }
+        let split: Vec<&[u8]> = frames(&out).collect();
+        assert_eq!(split.len(), payloads.len());
+        for (got, want) in split.iter().zip(&payloads) {
+            assert_eq!(*got, want.as_slice());
+        }
+        let mut input = out.clone();
+        for want in &payloads {
+            let frame = take_frame(&mut input, 1 << 20)
+                .expect("valid frame")
+                .expect("complete frame");
+            assert_eq!(&frame[..], want.as_slice());
+        }
+        assert!(input.is_empty());
+    }
+
+    #[test]
+    fn an_incomplete_frame_waits_for_more() {
+        let mut out = BytesMut::new();
+        put_frame(&mut out, b"hello");
+        let mut partial = BytesMut::from(&out[..3]);
+        assert_eq!(take_frame(&mut partial, 100), Ok(None));
+        assert_eq!(partial.len(), 3, "nothing is consumed from a partial frame");
+        let mut prefix_only = BytesMut::from(&[0x80u8, 0x80][..]);
+        assert_eq!(take_frame(&mut prefix_only, 100), Ok(None));
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_the_payload_arrives() {
+        let mut input = BytesMut::new();
+        put_varint(&mut input, 4 << 30);
+        assert_eq!(
+            take_frame(&mut input, 1024),
+            Err(CodecError::StanzaTooLarge { limit: 1024 })
+        );
+    }
+
+    #[test]
+    fn a_varint_longer_than_ten_bytes_is_malformed() {
+        let mut input = BytesMut::from(&[0xffu8; 11][..]);
+        assert_eq!(
+            take_frame(&mut input, usize::MAX),
+            Err(CodecError::BadFrameLength)
+        );
+        let mut overflow =
+            BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..]);
+        assert_eq!(
+            take_frame(&mut overflow, usize::MAX),
+            Err(CodecError::BadFrameLength)
+        );
+    }
+}
