@@ -23,6 +23,8 @@
 mod decode;
 pub mod encode;
 mod error;
+pub mod protobuf;
+pub mod websocket;
 pub mod wire;
 
 pub use decode::{Limits, MAX_TOKEN_BYTES, StreamEvent, StreamHeader, XmlStreamDecoder};

@@ -8,6 +8,8 @@
 //!   WebSocket driver turns each received message into one such frame and each written
 //!   frame into one message. One buffer format keeps the session transport-agnostic.
 
+use crate::protobuf::ProtobufCodec;
+use crate::websocket::XmlWebSocketCodec;
 use crate::{CodecError, Limits, StreamEvent, XmlStreamDecoder, encode};
 use bytes::BytesMut;
 use minidom::Element;
@@ -17,6 +19,11 @@ use minidom::Element;
 pub enum Framing {
     /// RFC 6120 §4: one XML document per stream, restarted after STARTTLS and SASL.
     XmlStream,
+    /// The compact protobuf binding (docs/protocol/confab-protobuf.md): varint
+    /// length-delimited `confab.xmpp.v1.Frame`s.
+    Protobuf,
+    /// RFC 7395: XMPP over WebSocket, one first-level element per text message.
+    XmlWebSocket,
 }
 
 impl Framing {
@@ -28,9 +35,17 @@ impl Framing {
 }
 
 /// One connection's reader and writer for its [`Framing`].
+// The XML stream, by far the most common, stays inline: boxing it would add an allocation to
+// every TCP session to shrink the rarer ones, which are boxed instead.
+#[allow(clippy::large_enum_variant)]
 pub enum Wire {
     /// RFC 6120 §4.
     XmlStream(XmlStreamDecoder),
+    /// The protobuf binding. Boxed, like the WebSocket codec, so the plain TCP session
+    /// (the most numerous) does not carry their larger state inline.
+    Protobuf(Box<ProtobufCodec>),
+    /// RFC 7395.
+    XmlWebSocket(Box<XmlWebSocketCodec>),
 }
 
 impl Wire {
@@ -38,6 +53,8 @@ impl Wire {
     pub fn new(framing: Framing, limits: Limits) -> Self {
         match framing {
             Framing::XmlStream => Wire::XmlStream(XmlStreamDecoder::new(limits)),
+            Framing::Protobuf => Wire::Protobuf(Box::new(ProtobufCodec::new(limits))),
+            Framing::XmlWebSocket => Wire::XmlWebSocket(Box::new(XmlWebSocketCodec::new(limits))),
         }
     }
 
@@ -45,6 +62,8 @@ impl Wire {
     pub fn framing(&self) -> Framing {
         match self {
             Wire::XmlStream(_) => Framing::XmlStream,
+            Wire::Protobuf(_) => Framing::Protobuf,
+            Wire::XmlWebSocket(_) => Framing::XmlWebSocket,
         }
     }
 
@@ -53,6 +72,8 @@ impl Wire {
     pub fn decode(&mut self, input: &mut BytesMut) -> Result<Option<StreamEvent>, CodecError> {
         match self {
             Wire::XmlStream(decoder) => decoder.decode(input),
+            Wire::Protobuf(codec) => codec.decode(input),
+            Wire::XmlWebSocket(codec) => codec.decode(input),
         }
     }
 
@@ -60,6 +81,8 @@ impl Wire {
     pub fn reset(&mut self) {
         match self {
             Wire::XmlStream(decoder) => decoder.reset(),
+            Wire::Protobuf(codec) => codec.reset(),
+            Wire::XmlWebSocket(codec) => codec.reset(),
         }
     }
 
@@ -67,6 +90,8 @@ impl Wire {
     pub fn shrink(&mut self) {
         match self {
             Wire::XmlStream(decoder) => decoder.shrink(),
+            Wire::Protobuf(codec) => codec.shrink(),
+            Wire::XmlWebSocket(codec) => codec.shrink(),
         }
     }
 
@@ -81,6 +106,8 @@ impl Wire {
     ) {
         match self {
             Wire::XmlStream(_) => encode::stream_header(out, from_domain, to, id, lang),
+            Wire::Protobuf(codec) => codec.write_open(out, from_domain, to, id, lang),
+            Wire::XmlWebSocket(codec) => codec.write_open(out, from_domain, to, id, lang),
         }
     }
 
@@ -88,6 +115,8 @@ impl Wire {
     pub fn write_element(&self, out: &mut BytesMut, element: &Element) {
         match self {
             Wire::XmlStream(_) => encode::element(out, element),
+            Wire::Protobuf(codec) => codec.write_element(out, element),
+            Wire::XmlWebSocket(codec) => codec.write_element(out, element),
         }
     }
 
@@ -95,6 +124,8 @@ impl Wire {
     pub fn write_close(&self, out: &mut BytesMut) {
         match self {
             Wire::XmlStream(_) => encode::stream_close(out),
+            Wire::Protobuf(codec) => codec.write_close(out),
+            Wire::XmlWebSocket(codec) => codec.write_close(out),
         }
     }
 }
