@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             archive_query_pages_forward_and_backward,
             archive_query_filters_by_with_time_ids_and_prefs,
             archive_query_is_per_owner_and_cursors_must_be_its_own,
+            archive_failed_batch_leaves_no_trace_in_queries,
             archive_prefs_round_trip_and_go_with_the_account,
             read_state_moves_forward_only,
             read_state_unread_count_and_client_id_lookup,
@@ -1084,6 +1085,70 @@ async fn direct_messages(store: &dyn Store, pairs: &[(&str, &str)]) -> Vec<Strin
 /// The server ids of a page.
 fn ids_of(page: &ArchivePage) -> Vec<String> {
     page.messages.iter().map(|m| m.server_id.clone()).collect()
+}
+
+/// A batch that fails as a whole leaves nothing behind that later queries could trip over: a
+/// party it was the first to name is found, and only found, with the messages that commit
+/// later (a backend that remembers derived keys, such as JID ids, across batches must not keep
+/// those of a batch that rolled back).
+pub async fn archive_failed_batch_leaves_no_trace_in_queries(store: &dyn Store) {
+    let first = chat("a@x z@x", "a@x", "z@x", 1, Some("c1"));
+    store
+        .append(std::slice::from_ref(&first))
+        .await
+        .expect("append");
+    // `n1@x` appears for the first time in a batch that fails on a reused server id.
+    let mut reused = chat("a@x z@x", "a@x", "z@x", 2, None);
+    reused.server_id = first.server_id.clone();
+    let failed = store
+        .append(&[chat("a@x n1@x", "a@x", "n1@x", 3, None), reused])
+        .await;
+    assert!(matches!(failed, Err(StoreError::Conflict)), "{failed:?}");
+
+    // Now another new party commits first, then `n1@x`.
+    let to_n2 = chat("a@x n2@x", "a@x", "n2@x", 4, None);
+    let to_n1 = chat("a@x n1@x", "a@x", "n1@x", 5, None);
+    store
+        .append(&[to_n2.clone(), to_n1.clone()])
+        .await
+        .expect("append");
+    for (with, expected) in [("n1@x", &to_n1), ("n2@x", &to_n2)] {
+        let page = store
+            .query_archive(&ArchiveQuery {
+                with: Some(with.to_owned()),
+                count: true,
+                ..query("a@x", 10)
+            })
+            .await
+            .expect("query");
+        assert_eq!(ids_of(&page), [expected.server_id.as_str()], "with {with}");
+        assert_eq!(page.count, Some(1), "with {with}");
+        let theirs = store.query_archive(&query(with, 10)).await.expect("query");
+        assert_eq!(
+            ids_of(&theirs),
+            [expected.server_id.as_str()],
+            "{with}'s archive"
+        );
+    }
+    let excluded = store
+        .query_archive(&ArchiveQuery {
+            exclude: vec!["n1@x".to_owned()],
+            ..query("a@x", 10)
+        })
+        .await
+        .expect("query");
+    assert_eq!(
+        ids_of(&excluded),
+        [first.server_id.clone(), to_n2.server_id.clone()]
+    );
+    let only = store
+        .query_archive(&ArchiveQuery {
+            only: Some(vec!["n1@x".to_owned(), "nobody@x".to_owned()]),
+            ..query("a@x", 10)
+        })
+        .await
+        .expect("query");
+    assert_eq!(ids_of(&only), [to_n1.server_id.as_str()]);
 }
 
 /// A query over `owner`'s archive returning up to `limit` messages.
