@@ -216,7 +216,7 @@ try_start_server() {
     confab)
       local http
       http="$(free_port)"
-      (ulimit -n "$nofile"; exec "$confab" serve --registration open --data-dir "$dir/data" \
+      (ulimit -n "$nofile"; CONFAB__C2S__DIRECT_TLS=false exec "$confab" serve --registration open --data-dir "$dir/data" \
         --c2s "127.0.0.1:$port" --http "127.0.0.1:$http") >"$dir/server.out" 2>"$dir/server.err" &
       ;;
     ejabberd)

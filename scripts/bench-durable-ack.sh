@@ -34,7 +34,7 @@ for scenario in "${scenarios[@]}"; do
     *) echo "unknown scenario $scenario (max, 1k, 5k)" >&2; exit 2 ;;
   esac
   work="$(mktemp -d)"
-  "$confab" serve --registration open --data-dir "$work/data" \
+  CONFAB__C2S__DIRECT_TLS=false "$confab" serve --registration open --data-dir "$work/data" \
     --c2s 127.0.0.1:0 --http 127.0.0.1:0 >"$work/server.out" 2>"$work/server.err" &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT

@@ -29,4 +29,7 @@ fi
 stage "interop: slixmpp against $CONFAB_BIN (tests/interop/run.sh)"
 tests/interop/run.sh
 
+stage "websocket: @xmpp/client in Node and headless Chromium (tests/websocket/run.sh)"
+tests/websocket/run.sh
+
 stage "all stages passed in $((SECONDS - started))s"

@@ -24,6 +24,9 @@ STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
 C2S_LINE = re.compile(r"^confab: c2s listening on (?P<host>[^\s]+):(?P<port>\d+)\s*$")
+DIRECT_TLS_LINE = re.compile(
+    r"^confab: c2s direct TLS listening on (?P<host>[^\s]+):(?P<port>\d+)\s*$"
+)
 HTTP_LINE = re.compile(r"^confab: http listening on (?P<host>[^\s]+):(?P<port>\d+)\s*$")
 
 
@@ -62,6 +65,8 @@ class Server:
     host: str = ""
     port: int = 0
     http_port: int = 0
+    # The XEP-0368 direct TLS listener (0 when disabled).
+    direct_tls_port: int = 0
     process: subprocess.Popen | None = None
     stdout_lines: list[str] = field(default_factory=list)
     stderr_path: Path | None = None
@@ -107,6 +112,8 @@ class Server:
         stderr = open(self.stderr_path, "wb")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        # Its default is the fixed port 5223; every test server needs its own.
+        env.setdefault("CONFAB__C2S__DIRECT_TLS_LISTEN", "127.0.0.1:0")
         self.process = subprocess.Popen(
             [
                 str(self.binary),
@@ -135,6 +142,8 @@ class Server:
                 self.stdout_lines.append(line.rstrip("\n"))
                 if (m := C2S_LINE.match(line)) is not None:
                     self.host, self.port = m["host"], int(m["port"])
+                elif (m := DIRECT_TLS_LINE.match(line)) is not None:
+                    self.direct_tls_port = int(m["port"])
                 elif (m := HTTP_LINE.match(line)) is not None:
                     self.http_port = int(m["port"])
                 if self.port and self.http_port:

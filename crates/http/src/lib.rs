@@ -11,6 +11,7 @@
 pub mod api;
 pub mod introspect;
 pub mod openapi;
+pub mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct HttpState {
     pub health: Arc<dyn Fn() -> bool + Send + Sync>,
     /// The client API (`/api/v1`); absent in tests that only need health and metrics.
     pub api: Option<api::ApiState>,
+    /// XMPP over WebSocket (RFC 7395) and its XEP-0156 discovery; absent when not served.
+    pub websocket: Option<websocket::WebSocketState>,
 }
 
 impl HttpState {
@@ -46,6 +49,7 @@ impl HttpState {
             metrics,
             health: Arc::new(|| true),
             api: None,
+            websocket: None,
         }
     }
 
@@ -105,14 +109,24 @@ pub fn router(state: HttpState) -> Router {
             router.route(path, handler)
         })
         .route("/openapi.json", get(openapi::openapi_json))
+        // Protocol endpoints other specifications define (RFC 7395, XEP-0156), not part of
+        // the JSON API and so not in its OpenAPI description.
+        .route(websocket::XMPP_PATH, get(websocket::xmpp))
+        .route(websocket::PROTOBUF_PATH, get(websocket::protobuf))
+        .route("/.well-known/host-meta", get(websocket::host_meta))
+        .route(
+            "/.well-known/host-meta.json",
+            get(websocket::host_meta_json),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 /// Serves the router on an already bound listener until `shutdown` completes, then lets
-/// in-flight requests finish. The caller binds, so a port in use is reported at startup
-/// by the code that knows which setting named it.
+/// in-flight requests finish and waits for every WebSocket session to end (each ends at
+/// the same shutdown, which the session runner watches). The caller binds, so a port in use
+/// is reported at startup by the code that knows which setting named it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
@@ -121,9 +135,17 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP listener ready");
     }
-    axum::serve(listener, router(state))
+    let sessions = state.websocket.as_ref().map(|ws| ws.sessions.clone());
+    // The peer address reaches the WebSocket sessions (login throttling, loopback rules).
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(sessions) = sessions {
+        sessions.close();
+        sessions.wait().await;
+    }
+    result
 }
 
 /// Health body: `{"status": "ok"}` or `{"status": "unavailable"}`.

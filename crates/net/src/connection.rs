@@ -157,26 +157,31 @@ pub(crate) async fn serve(
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
 ) {
-    let conn = match (&limits.tls, limits.direct_tls) {
-        (Some(acceptor), true) => {
-            let handshake =
-                tokio::time::timeout(limits.pre_auth_timeout, Box::pin(acceptor.accept(stream)));
-            match handshake.await {
-                Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            }
-        }
-        _ => Conn::Plain(stream),
+    // Boxed so the handshake's timer does not add to every connection's task for its life.
+    let Some(conn) = Box::pin(open(stream, peer, &limits)).await else {
+        return;
     };
     let secure = matches!(conn, Conn::Tls(_));
     run(conn, secure, peer, router, c2s, limits, shutdown).await;
+}
+
+/// The connection as the stream starts on it: TLS first on a direct-TLS listener, or `None`
+/// when that handshake failed or ran out of time.
+async fn open(stream: TcpStream, peer: SocketAddr, limits: &ConnectionLimits) -> Option<Conn> {
+    let (Some(acceptor), true) = (&limits.tls, limits.direct_tls) else {
+        return Some(Conn::Plain(stream));
+    };
+    match tokio::time::timeout(limits.pre_auth_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(Conn::Tls(Box::new(tls))),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Runs one client connection over a message carrier (a WebSocket) to completion.

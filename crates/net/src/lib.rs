@@ -2,7 +2,9 @@
 //!
 //! A [`C2sListener`] accepts TCP connections, caps their number, survives running out of
 //! file descriptors, and runs one task per connection that moves bytes between the socket
-//! (plain or upgraded to TLS with STARTTLS) and a `confab_c2s::Session`.
+//! (plain, upgraded to TLS with STARTTLS, or TLS from the first byte on a direct-TLS
+//! listener) and a `confab_c2s::Session`. [`serve_messages`] runs the same loop over a
+//! [`MessageTransport`] (a WebSocket the HTTP listener accepted).
 //!
 //! **Architecture invariant:** nothing here parses XML or knows XMPP beyond "the session
 //! asked for STARTTLS"; protocol decisions belong to `confab-c2s`.

@@ -169,10 +169,12 @@ config_struct! {
         sections {
             /// The client-to-server XMPP listener (RFC 6120).
             pub c2s: C2sConfig;
-            /// TLS for the client listener (STARTTLS).
+            /// TLS for the client listeners (STARTTLS and direct TLS).
             pub tls: TlsConfig;
             /// The HTTP listener: health, metrics and the APIs.
             pub http: HttpConfig;
+            /// The compact protobuf listener (docs/protocol/confab-protobuf.md).
+            pub pb: PbConfig;
             /// Authentication and login throttling.
             pub auth: AuthConfig;
             /// Storage of messages for users who are offline (XEP-0160).
@@ -191,6 +193,13 @@ config_struct! {
         /// Address and port the XMPP client listener binds (IP:PORT).
         #[serde(with = "socket_addr")]
         pub listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 5222));
+        /// Also serve clients over direct TLS (XEP-0368: TLS from the first byte, ALPN
+        /// "xmpp-client") on direct_tls_listen, with the same sessions and limits as listen.
+        pub direct_tls: bool = true;
+        /// Address and port the direct TLS client listener binds (IP:PORT); 5223 by
+        /// convention (advertise it with an _xmpps-client._tcp SRV record).
+        #[serde(with = "socket_addr")]
+        pub direct_tls_listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 5223));
         /// Most client connections open at once; further connections are refused so the
         /// process keeps descriptors and memory for the ones it has.
         pub max_connections: usize = 100_000;
@@ -226,7 +235,9 @@ config_struct! {
 }
 
 config_struct! {
-    /// TLS certificate for the client listener.
+    /// TLS certificate for the client listeners. TLS 1.2 and 1.3 only, with ECDHE and AEAD
+    /// ciphers. SIGHUP re-reads cert and key (or the self-signed pair) without a restart:
+    /// new connections get the new certificate; if the files are unusable the old one stays.
     pub struct TlsConfig {
         /// PEM certificate chain. Set both cert and key, or neither: without them a
         /// self-signed certificate for the domain is generated in data_dir.
@@ -242,6 +253,33 @@ config_struct! {
         /// Address and port the HTTP listener binds (IP:PORT); serves /healthz and /metrics.
         #[serde(with = "socket_addr")]
         pub listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 5280));
+        /// Serve XMPP over WebSocket (RFC 7395) at /xmpp-websocket, with XEP-0156 discovery
+        /// at /.well-known/host-meta and /.well-known/host-meta.json.
+        pub websocket: bool = true;
+        /// Origins (scheme://host[:port]) whose web pages may open XMPP WebSockets. Empty:
+        /// only pages from this server's own origin and from loopback addresses (local
+        /// development); ["*"]: any origin. Clients that are not browsers send no Origin and
+        /// are not restricted.
+        pub websocket_origins: Vec<String> = Vec::new();
+        /// Public base URL of this listener as clients reach it, advertised by XEP-0156
+        /// discovery (https://... becomes wss://.../xmpp-websocket). Unset: ws:// and the
+        /// Host header of each discovery request.
+        pub public_url: Option<String> = None, example "\"https://chat.example.com\"";
+    }
+}
+
+config_struct! {
+    /// The protobuf client listener: the same XMPP sessions as c2s, framed as varint
+    /// length-delimited protobuf messages (docs/protocol/confab-protobuf.md).
+    pub struct PbConfig {
+        /// Serve the protobuf binding at all.
+        pub enabled: bool = false;
+        /// Address and port the protobuf listener binds (IP:PORT); 5202 by convention.
+        #[serde(with = "socket_addr")]
+        pub listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 5202));
+        /// Speak TLS from the first byte (direct TLS with the server certificate, as in
+        /// [tls]); the binding has no STARTTLS.
+        pub tls: bool = false;
     }
 }
 
@@ -778,6 +816,8 @@ mod tests {
         let config = load(None, &[], &Overrides::default()).expect("defaults load");
         assert_eq!(config, Config::default());
         assert_eq!(config.c2s.listen.to_string(), "127.0.0.1:5222");
+        assert!(config.c2s.direct_tls);
+        assert_eq!(config.c2s.direct_tls_listen.to_string(), "127.0.0.1:5223");
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:5280");
         assert_eq!(config.registration, Registration::Closed);
     }

@@ -6,6 +6,7 @@ mod cli;
 mod client_actions;
 mod config;
 mod serve;
+mod tls_reload;
 mod users;
 
 use std::process::ExitCode;

@@ -37,16 +37,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if revoked > 0 {
         tracing::info!(revoked, "revoked IM tokens left by the previous run");
     }
-    let tls = confab_net::tls::server_config(
+    // One certificate for every TLS listener, so a SIGHUP reload reaches all of them.
+    let certificate = confab_net::tls::ReloadableCert::load(
         config.tls.cert.as_deref(),
         config.tls.key.as_deref(),
         &config.data_dir,
         &config.domain,
     )
     .context("tls")?;
+    let tls = confab_net::tls::starttls_config(certificate.clone()).context("tls")?;
+    let direct_tls = confab_net::tls::direct_tls_config(certificate.clone()).context("tls")?;
+    // Installed before the listeners are announced: until then SIGHUP would kill the process.
+    crate::tls_reload::spawn(certificate);
 
     let c2s_socket = bind(config.c2s.listen, "c2s").await?;
+    let direct_tls_socket = match config.c2s.direct_tls {
+        true => Some(bind(config.c2s.direct_tls_listen, "c2s direct TLS").await?),
+        false => None,
+    };
     let http_socket = bind(config.http.listen, "http").await?;
+    let pb_socket = match config.pb.enabled {
+        true => Some(bind(config.pb.listen, "pb").await?),
+        false => None,
+    };
 
     let metrics = Arc::new(Metrics::new());
     let registration_open = config.registration == Registration::Open;
@@ -98,7 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = C2sListener::new(
         c2s_socket,
         router.clone(),
-        c2s,
+        c2s.clone(),
         ListenerConfig {
             max_connections: config.c2s.max_connections,
             pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
@@ -106,11 +119,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
             read_rate: config.c2s.read_rate_bytes_per_sec,
             read_burst: config.c2s.read_burst_bytes,
-            tls: Some(tls),
+            tls: Some(tls.clone()),
             direct_tls: false,
             framing: confab_c2s::Framing::XmlStream,
         },
     );
+    // XEP-0368 direct TLS: the same sessions (one `C2sConfig`, so resumption and login
+    // throttling span both ports), TLS from the first byte with ALPN `xmpp-client`.
+    let direct_tls_listener = direct_tls_socket.map(|socket| {
+        C2sListener::new(
+            socket,
+            router.clone(),
+            c2s.clone(),
+            ListenerConfig {
+                max_connections: config.c2s.max_connections,
+                pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
+                idle_timeout: (config.c2s.idle_timeout_secs > 0)
+                    .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
+                read_rate: config.c2s.read_rate_bytes_per_sec,
+                read_burst: config.c2s.read_burst_bytes,
+                tls: Some(direct_tls),
+                direct_tls: true,
+                framing: confab_c2s::Framing::XmlStream,
+            },
+        )
+    });
+    // The protobuf binding: the same sessions with another framing, converted at the edge
+    // (docs/protocol/confab-protobuf.md). It has no STARTTLS; `pb.tls` makes it direct TLS.
+    let pb_listener = pb_socket.map(|socket| {
+        C2sListener::new(
+            socket,
+            router.clone(),
+            c2s.clone(),
+            ListenerConfig {
+                max_connections: config.c2s.max_connections,
+                pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
+                idle_timeout: (config.c2s.idle_timeout_secs > 0)
+                    .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
+                read_rate: config.c2s.read_rate_bytes_per_sec,
+                read_burst: config.c2s.read_burst_bytes,
+                tls: config.pb.tls.then(|| tls.clone()),
+                direct_tls: config.pb.tls,
+                framing: confab_c2s::Framing::Protobuf,
+            },
+        )
+    });
 
     // Tests and scripts read these lines to learn ephemeral ports.
     println!(
@@ -119,7 +172,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.display()
     );
     println!("confab: c2s listening on {}", listener.local_addr()?);
+    if let Some(direct) = &direct_tls_listener {
+        println!(
+            "confab: c2s direct TLS listening on {}",
+            direct.local_addr()?
+        );
+    }
     println!("confab: http listening on {}", http_socket.local_addr()?);
+    if let Some(pb) = &pb_listener {
+        println!("confab: pb listening on {}", pb.local_addr()?);
+    }
 
     let shutdown = CancellationToken::new();
     let mut http_state = confab_http::HttpState::new(metrics.clone());
@@ -130,19 +192,81 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             router.clone(),
         ))),
     });
+    http_state.websocket = config
+        .http
+        .websocket
+        .then(|| websocket_state(&config, router.clone(), c2s.clone(), shutdown.clone()));
     let http = tokio::spawn(confab_http::serve(
         http_socket,
         http_state,
         shutdown.clone().cancelled_owned(),
     ));
     let c2s_task = tokio::spawn(listener.run(shutdown.clone()));
+    let direct_tls_task = direct_tls_listener.map(|l| tokio::spawn(l.run(shutdown.clone())));
+    let pb_task = pb_listener.map(|pb| tokio::spawn(pb.run(shutdown.clone())));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = c2s_task.await;
+    if let Some(direct_tls_task) = direct_tls_task {
+        let _ = direct_tls_task.await;
+    }
+    if let Some(pb_task) = pb_task {
+        let _ = pb_task.await;
+    }
     let _ = http.await;
     Ok(())
+}
+
+/// XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on the HTTP listener: sessions with
+/// the `[c2s]` limits and timeouts, capped at `[c2s] max_connections` like the TCP listener
+/// (a separate count), ending with `system-shutdown` at `shutdown`. The carrier's TLS, if
+/// any, is a proxy's: the stream is not taken as secure.
+fn websocket_state(
+    config: &Config,
+    router: Arc<Router>,
+    c2s: Arc<C2sConfig>,
+    shutdown: CancellationToken,
+) -> confab_http::websocket::WebSocketState {
+    let limits = |framing| {
+        Arc::new(confab_net::ConnectionLimits::new(&ListenerConfig {
+            max_connections: config.c2s.max_connections,
+            pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
+            idle_timeout: (config.c2s.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
+            read_rate: config.c2s.read_rate_bytes_per_sec,
+            read_burst: config.c2s.read_burst_bytes,
+            tls: None,
+            direct_tls: false,
+            framing,
+        }))
+    };
+    let xml = limits(confab_c2s::Framing::XmlWebSocket);
+    let protobuf = limits(confab_c2s::Framing::Protobuf);
+    let run: confab_http::websocket::SessionRunner = Arc::new(move |transport, peer, framing| {
+        let limits = match framing {
+            confab_c2s::Framing::Protobuf => protobuf.clone(),
+            _ => xml.clone(),
+        };
+        Box::pin(confab_net::serve_messages(
+            transport,
+            false,
+            peer,
+            router.clone(),
+            c2s.clone(),
+            limits,
+            shutdown.clone(),
+        ))
+    });
+    let mut state = confab_http::websocket::WebSocketState::new(
+        run,
+        config.c2s.max_connections,
+        config.c2s.max_stanza_bytes,
+    );
+    state.origins = config.http.websocket_origins.clone().into();
+    state.public_url = config.http.public_url.clone();
+    state
 }
 
 async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -149,16 +149,29 @@ impl ServerBuilder {
         let stdout = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(stdout).lines();
         let mut c2s = None;
+        let mut c2s_tls = None;
         let mut http = None;
+        // The protobuf listener is announced after HTTP: wait for it when it was enabled.
+        let mut pb = None;
+        let expect_pb = self
+            .env
+            .iter()
+            .any(|(key, value)| key == "CONFAB__PB__ENABLED" && value == "true");
         let started = tokio::time::timeout(Duration::from_secs(30), async {
-            while c2s.is_none() || http.is_none() {
+            while c2s.is_none() || http.is_none() || (expect_pb && pb.is_none()) {
                 let Ok(Some(line)) = lines.next_line().await else {
                     return false;
                 };
                 if let Some(addr) = line.strip_prefix("confab: c2s listening on ") {
                     c2s = Some(addr.parse::<SocketAddr>().expect("c2s address"));
+                } else if let Some(addr) = line.strip_prefix("confab: c2s direct TLS listening on ")
+                {
+                    // Announced before the HTTP listener, so it is never missed.
+                    c2s_tls = Some(addr.parse::<SocketAddr>().expect("direct TLS address"));
                 } else if let Some(addr) = line.strip_prefix("confab: http listening on ") {
                     http = Some(addr.parse::<SocketAddr>().expect("http address"));
+                } else if let Some(addr) = line.strip_prefix("confab: pb listening on ") {
+                    pb = Some(addr.parse::<SocketAddr>().expect("pb address"));
                 }
             }
             true
@@ -178,7 +191,9 @@ impl ServerBuilder {
         Server {
             child,
             c2s: c2s.expect("c2s address"),
+            c2s_tls,
             http: http.expect("http address"),
+            pb,
             dir,
             env: self.env,
             stderr,
@@ -192,8 +207,12 @@ pub struct Server {
     child: Child,
     /// The XMPP client listener.
     pub c2s: SocketAddr,
+    /// The XEP-0368 direct TLS client listener, unless disabled.
+    pub c2s_tls: Option<SocketAddr>,
     /// The HTTP listener.
     pub http: SocketAddr,
+    /// The protobuf listener, when `CONFAB__PB__ENABLED=true` was passed.
+    pub pb: Option<SocketAddr>,
     dir: TempDir,
     env: Vec<(String, String)>,
     stderr: Arc<Mutex<String>>,
@@ -248,9 +267,73 @@ impl Server {
         command.output().await.expect("run confab")
     }
 
+    /// Sends `signal` (e.g. `HUP`) to the server process.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits until the server's standard error contains `needle` `count` times or more
+    /// (a log line the test caused); panics after [`STEP`].
+    pub async fn wait_for_log(&self, needle: &str, count: usize) {
+        let found = tokio::time::timeout(STEP, async {
+            loop {
+                let seen = self
+                    .stderr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .matches(needle)
+                    .count();
+                if seen >= count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "the server never logged {needle:?} {count} times"
+        );
+    }
+
+    /// A new XEP-0368 direct TLS connection with `tls` (see [`insecure_tls_config`]).
+    pub async fn connect_direct_tls(&self, tls: Arc<rustls::ClientConfig>) -> Client {
+        let addr = self.c2s_tls.expect("the direct TLS listener is enabled");
+        Client::connect_direct_tls(addr, tls)
+            .await
+            .expect("direct TLS handshake")
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM, as an operator or a service manager stops the server.
+    pub async fn terminate(&self) {
+        let pid = self.child.id().expect("the server is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit (after [`Server::terminate`]) and checks it exited
+    /// cleanly.
+    pub async fn wait_exit(&mut self) {
+        let status = tokio::time::timeout(STEP, self.child.wait())
+            .await
+            .expect("the server did not exit in time")
+            .expect("wait for the server");
+        assert!(status.success(), "the server exited with {status}");
     }
 
     /// A new raw connection to the client listener.
@@ -324,6 +407,8 @@ fn clean_env(command: &mut Command, env: &[(String, String)]) {
         "RUST_LOG",
         "info,confab_c2s=debug,confab_net=debug,confab_router=debug",
     );
+    // The direct TLS listener defaults to port 5223; parallel servers need their own ports.
+    command.env("CONFAB__C2S__DIRECT_TLS_LISTEN", "127.0.0.1:0");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -392,6 +477,33 @@ impl Client {
             buf: BytesMut::new(),
             next_id: 0,
             jid: None,
+        }
+    }
+
+    /// Opens a TCP connection to `addr` and completes a TLS handshake at once (XEP-0368
+    /// direct TLS), sending SNI [`DOMAIN`]; the handshake's error if it fails.
+    pub async fn connect_direct_tls(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Client> {
+        let mut client = Client::connect(addr).await;
+        let Conn::Plain(stream) = std::mem::replace(&mut client.conn, Conn::Upgrading) else {
+            unreachable!("a new client is plain TCP");
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls);
+        let name = rustls::pki_types::ServerName::try_from(DOMAIN).expect("server name");
+        let tls = tokio::time::timeout(STEP, connector.connect(name, stream))
+            .await
+            .expect("TLS handshake timed out")?;
+        client.conn = Conn::Tls(Box::new(tls));
+        Ok(client)
+    }
+
+    /// The TLS session's state (negotiated version, ALPN, peer certificate), if TLS.
+    pub fn tls_session(&self) -> Option<&rustls::ClientConnection> {
+        match &self.conn {
+            Conn::Tls(stream) => Some(stream.get_ref().1),
+            _ => None,
         }
     }
 
@@ -786,6 +898,28 @@ pub fn xml(element: &Element) -> String {
 
 // ---------------------------------------------------------------------------------------
 // TLS that accepts the server's self-signed certificate
+
+/// Like [`insecure_tls_config`], restricted to `suites` (empty: the provider's defaults) and
+/// `versions`, offering `alpn` (empty: no ALPN extension).
+pub fn insecure_tls_config_with(
+    suites: &[rustls::SupportedCipherSuite],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !suites.is_empty() {
+        provider.cipher_suites = suites.to_vec();
+    }
+    let provider = Arc::new(provider);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
 
 /// A rustls client configuration that accepts any certificate: the server generates a
 /// self-signed one per data directory, and these tests are about XMPP, not PKI.

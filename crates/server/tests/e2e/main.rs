@@ -6,6 +6,7 @@
 
 mod client_api;
 mod client_send;
+mod direct_tls;
 mod fds;
 mod harness;
 mod http;
@@ -15,7 +16,9 @@ mod limits;
 mod mam;
 mod negotiation;
 mod presence;
+mod protobuf;
 mod registration;
 mod scram;
 mod stream_management;
 mod tokio_xmpp_client;
+mod websocket;
