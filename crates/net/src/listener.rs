@@ -69,10 +69,13 @@ impl C2sListener {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
         let limits = Arc::new(ConnectionLimits::new(&self.config));
-        // One descriptor held in reserve: when accept fails with EMFILE we release it, accept
+        // Descriptors held in reserve: when accept fails with EMFILE we release one, accept
         // the waiting connection and close it at once, so the client sees a refusal instead
-        // of hanging in the backlog, and the loop does not spin.
-        let mut reserve = open_reserve();
+        // of hanging in the backlog, and the loop does not spin. More than one, because
+        // another thread (a database connection, a WAL file) may take the freed descriptor
+        // between our close and our reopen; with a single reserve that one theft left every
+        // later client hanging until some descriptor was freed.
+        let mut reserve = Reserve::new();
         // Linux copies TCP_NODELAY from the listening socket to the accepted ones; when
         // `bind` set it there, a setsockopt per connection is saved.
         let nodelay_inherited = cfg!(target_os = "linux")
@@ -89,7 +92,7 @@ impl C2sListener {
                 Err(error) if is_fd_exhaustion(&error) => {
                     self.router.metrics.connections_refused.inc();
                     tracing::warn!(%error, "out of file descriptors; refusing a connection");
-                    drop(reserve.take());
+                    let released = reserve.release_one();
                     // Only a connection already queued is refused: Linux reports EMFILE even
                     // with an empty queue, and waiting here would close the next client to
                     // arrive, however much later. A zero timeout still polls once.
@@ -98,8 +101,9 @@ impl C2sListener {
                     {
                         drop(stream);
                     }
-                    reserve = open_reserve();
-                    if reserve.is_none() {
+                    reserve.refill();
+                    if !released {
+                        // Nothing to refuse with: wait for descriptors to come back.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     continue;
@@ -151,8 +155,33 @@ pub fn bind(address: std::net::SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-fn open_reserve() -> Option<std::fs::File> {
-    std::fs::File::open("/dev/null").ok()
+/// Descriptors kept open so that accept can be made to succeed, and refuse, when the process
+/// has none left.
+struct Reserve(Vec<std::fs::File>);
+
+impl Reserve {
+    const SIZE: usize = 4;
+
+    fn new() -> Self {
+        let mut reserve = Reserve(Vec::with_capacity(Self::SIZE));
+        reserve.refill();
+        reserve
+    }
+
+    /// Closes one reserved descriptor; false when none was left.
+    fn release_one(&mut self) -> bool {
+        self.0.pop().is_some()
+    }
+
+    /// Reopens what was released, as far as descriptors allow.
+    fn refill(&mut self) {
+        while self.0.len() < Self::SIZE {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => self.0.push(file),
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 fn is_fd_exhaustion(error: &io::Error) -> bool {
