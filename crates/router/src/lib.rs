@@ -6,6 +6,7 @@
 //!                                                                 ├─ local full JID  ─ [on_routed] ─ mailbox
 //!                                                                 ├─ local bare JID  ─ [on_routed] ─ most available mailboxes
 //!                                                                 │                   └─ none available → [on_offline_message]
+//!                                                                 ├─ hosted domain (a module's service, e.g. MUC) → Module::handle_hosted
 //!                                                                 └─ other domain → remote-server-not-found
 //! ```
 //!
@@ -41,6 +42,8 @@ pub struct Router {
     /// The modules that asked for `on_delivered`; empty means no per-message copy is made.
     delivery_observers: Vec<Arc<dyn Module>>,
     iq_handlers: HashMap<&'static str, Arc<dyn Module>>,
+    /// Service domains (e.g. `conference.<domain>`) and the module serving each.
+    hosted: HashMap<String, Arc<dyn Module>>,
 }
 
 impl Router {
@@ -58,6 +61,12 @@ impl Router {
                 iq_handlers.insert(*namespace, module.clone());
             }
         }
+        let mut hosted = HashMap::new();
+        for module in &modules {
+            for domain in module.hosted_domains() {
+                hosted.insert(domain, module.clone());
+            }
+        }
         let delivery_observers = modules
             .iter()
             .filter(|m| m.observes_delivery())
@@ -71,12 +80,18 @@ impl Router {
             modules,
             delivery_observers,
             iq_handlers,
+            hosted,
         }
     }
 
     /// The domain this server serves, as a JID.
     pub fn domain(&self) -> &BareJid {
         &self.domain
+    }
+
+    /// The service domains modules host (e.g. `conference.<domain>`), for disco#items.
+    pub fn hosted_domains(&self) -> impl Iterator<Item = &str> {
+        self.hosted.keys().map(String::as_str)
     }
 
     /// The registered features, in hook order.
@@ -122,6 +137,10 @@ impl Router {
             },
         };
         if to.domain() != self.domain.domain() {
+            if let Some(service) = self.hosted.get(to.domain().as_str()) {
+                service.handle_hosted(self, stanza).await;
+                return;
+            }
             // Server-to-server federation is not offered: RFC 6120 §10.4.
             self.bounce(&stanza, StanzaErrorCondition::RemoteServerNotFound)
                 .await;

@@ -98,6 +98,18 @@ pub trait Module: Send + Sync + 'static {
         Flow::Continue
     }
 
+    /// Domains this module serves as a service of its own (XEP-0045's `conference.<domain>`):
+    /// every stanza addressed to one of them goes to [`Module::handle_hosted`] instead of
+    /// being bounced as a remote domain. Asked once, when the router is built.
+    fn hosted_domains(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A stanza addressed to one of [`Module::hosted_domains`] (any JID at that domain).
+    /// `from` is trustworthy. The module answers, routes or drops it; errors it wants the
+    /// sender to see it sends itself (see [`Router::bounce`]).
+    async fn handle_hosted(&self, _router: &Router, _stanza: Stanza) {}
+
     /// Whether this module wants [`Module::on_delivered`]. Delivery notifications need a
     /// copy of every delivered message, so the router makes one only when some module asks.
     fn observes_delivery(&self) -> bool {

@@ -70,3 +70,61 @@ async fn on_delivered_reaches_only_observers() {
     assert_eq!(observer.seen.load(Ordering::Relaxed), 1);
     assert_eq!(bystander.seen.load(Ordering::Relaxed), 0);
 }
+
+/// Serves `rooms.localhost` and remembers what reached it.
+struct Rooms {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Module for Rooms {
+    fn name(&self) -> &'static str {
+        "rooms"
+    }
+
+    fn hosted_domains(&self) -> Vec<String> {
+        vec!["rooms.localhost".to_owned()]
+    }
+
+    async fn handle_hosted(&self, _router: &Router, stanza: Stanza) {
+        let to = stanza.to.map(|to| to.to_string()).unwrap_or_default();
+        self.seen.lock().unwrap().push(to);
+    }
+}
+
+#[tokio::test]
+async fn stanzas_to_a_hosted_domain_reach_its_module_and_others_bounce() {
+    let store: Arc<dyn Store> = Arc::new(
+        confab_store::SqliteStore::open_in_memory()
+            .await
+            .expect("store"),
+    );
+    let rooms = Arc::new(Rooms {
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    let router = Router::new(
+        BareJid::new("localhost").expect("domain"),
+        Arc::new(SessionManager::new()),
+        store,
+        Arc::new(Metrics::new()),
+        vec![rooms.clone()],
+    );
+    assert_eq!(
+        router.hosted_domains().collect::<Vec<_>>(),
+        ["rooms.localhost"]
+    );
+    let (alice, mut mailbox) =
+        Resource::new(FullJid::new("alice@localhost/phone").expect("jid"), 8);
+    router.sessions.bind(alice.clone());
+    for to in ["lobby@rooms.localhost/alice", "lobby@elsewhere.example"] {
+        let mut presence = Stanza::new("<presence xmlns='jabber:client'/>".parse().expect("xml"));
+        presence.set_from(Some(Jid::from(alice.jid.clone())));
+        presence.set_to(Some(Jid::new(to).expect("jid")));
+        router.route(presence).await;
+    }
+    assert_eq!(*rooms.seen.lock().unwrap(), ["lobby@rooms.localhost/alice"]);
+    // The unknown domain is remote: RFC 6120 §10.4 error back to the sender.
+    let bounced = mailbox.receiver.try_recv().expect("an error came back");
+    let xml = format!("{bounced:?}");
+    assert!(xml.contains("remote-server-not-found"), "{xml}");
+}
