@@ -44,17 +44,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Mutex, Semaphore, watch};
 
-use crate::client::{Read, Session, ping_reply, read_frame};
+use crate::client::{Read, Session, ping_reply};
+use crate::link::{LinkReader, LinkWriter};
 use crate::report::{self, CpuMeter, Failures};
 use crate::sm::{self, SmCounter, SmEvent};
-use crate::transport::Stream;
-use crate::xml::{self, Scanner};
+use crate::xml;
 use crate::{ChatArgs, logins, sasl};
 
 /// Confab's commit receipt namespace.
@@ -324,7 +322,7 @@ struct ReaderStats {
     sm: Option<SmCounter>,
 }
 
-type Writer = Arc<Mutex<WriteHalf<Stream>>>;
+type Writer = Arc<Mutex<LinkWriter>>;
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let common = &args.common;
@@ -619,7 +617,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         .map(|s| report::round3(s * 1e6 / received as f64));
     let ack_only = |value: Value| if with_acks { value } else { Value::Null };
     let rate_only = |hist: &Histogram<u64>| (!args.load.max).then(|| report::summary(hist));
-    let result = json!({
+    let mut result = json!({
         "scenario": "chat",
         "server": common.server,
         "tls": common.tls,
@@ -662,6 +660,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         "pbkdf2_computed": computed,
         "pbkdf2_cached": cached,
     });
+    // Set apart: one more key in the literal exceeds json!'s macro recursion limit.
+    result["transport"] = json!(common.transport.name());
 
     println!(
         "== chat: {pairs} pairs, {} for {} s ==",
@@ -803,25 +803,14 @@ async fn advertises_acks(session: &mut Session, domain: &str) -> Result<bool, St
 
 /// Splits a session into its read half (with what is already buffered) and a shared writer.
 fn split(session: Session) -> (Inbound, Writer) {
-    let conn = session.conn;
-    let (rd, wr) = tokio::io::split(conn.stream);
-    (
-        Inbound {
-            rd,
-            buf: conn.buf,
-            scanner: conn.scanner,
-            sm: None,
-        },
-        Arc::new(Mutex::new(wr)),
-    )
+    let (rd, wr) = session.conn.link.split();
+    (Inbound { rd, sm: None }, Arc::new(Mutex::new(wr)))
 }
 
-/// The receiving side of a session: the read half, the framing state so far and, with
-/// stream management enabled, the stanzas counted so far.
+/// The receiving side of a session: the read half (with what is already buffered) and,
+/// with stream management enabled, the stanzas counted so far.
 struct Inbound {
-    rd: ReadHalf<Stream>,
-    buf: BytesMut,
-    scanner: Scanner,
+    rd: LinkReader,
     sm: Option<SmCounter>,
 }
 
@@ -878,7 +867,7 @@ async fn sender(writer: Writer, plan: Plan) -> SendOutcome {
     let end_us = now_us();
     // One last request, so that the server acknowledges everything sent.
     if plan.sm && error.is_none() {
-        match writer.lock().await.write_all(sm::REQUEST).await {
+        match writer.lock().await.send(sm::REQUEST).await {
             Ok(()) => sm_requests += 1,
             Err(e) => error = Some(format!("write: {e}")),
         }
@@ -979,7 +968,7 @@ async fn send_until(
             }
         }
         pair.issued[*direction].store(seq, Ordering::Release);
-        if let Err(error) = writer.lock().await.write_all(&out).await {
+        if let Err(error) = writer.lock().await.send(&out).await {
             return Err(format!("write: {error}"));
         }
         pair.sent[*direction].store(seq, Ordering::Relaxed);
@@ -1013,12 +1002,7 @@ async fn reader(
         dropped: None,
         sm: inbound.sm,
     };
-    let Inbound {
-        mut rd,
-        mut buf,
-        mut scanner,
-        ..
-    } = inbound;
+    let Inbound { mut rd, .. } = inbound;
     let other = 1 - direction;
     let unexpected = |stats: &mut ReaderStats, reason: &str| {
         *stats.errors.entry(reason.to_owned()).or_default() += 1;
@@ -1026,7 +1010,7 @@ async fn reader(
     loop {
         let element = tokio::select! {
             _ = stop.changed() => break,
-            read = read_frame(&mut rd, &mut buf, &mut scanner, "chat") => match read {
+            read = rd.read("chat") => match read {
                 Ok(Read::Element(element)) => element,
                 Ok(Read::Open) => continue,
                 Err(failure) => {
@@ -1038,7 +1022,7 @@ async fn reader(
         if let Some(sm) = &mut stats.sm {
             match sm.observe(&element) {
                 SmEvent::Request(answer) => {
-                    let _ = writer.lock().await.write_all(answer.as_bytes()).await;
+                    let _ = writer.lock().await.send(answer.as_bytes()).await;
                     continue;
                 }
                 SmEvent::Ack | SmEvent::Other => continue,
@@ -1049,7 +1033,7 @@ async fn reader(
             b"message" => {}
             b"iq" => {
                 if let Some(reply) = ping_reply(&element) {
-                    let _ = writer.lock().await.write_all(reply.as_bytes()).await;
+                    let _ = writer.lock().await.send(reply.as_bytes()).await;
                 }
                 continue;
             }

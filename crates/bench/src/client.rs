@@ -1,4 +1,6 @@
 //! One simulated client: connect, open the stream, STARTTLS, SASL, bind, initial presence.
+//! The connection itself (TCP, direct TLS or WebSocket) is a [`Link`]; this module only
+//! speaks XML over it.
 //!
 //! Pipelining (on unless `--no-pipeline`): the client sends what the protocol lets it send
 //! before the server's answer arrives, because a server processes a stream's elements in
@@ -14,21 +16,24 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_rustls::TlsConnector;
 
+use crate::link::{Dial, Link};
 use crate::sasl::{Mechanism, Scram, plain_initial};
-use crate::transport::{Stream, server_name, tcp_connect};
+use crate::transport::{Stream, server_name};
 use crate::xml::{self, Frame, Scanner};
 
 /// How every client of a run connects and logs in.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// Server address.
+    /// Server address (of the WebSocket URL's host, with `--transport websocket`).
     pub server: SocketAddr,
+    /// How connections are opened: TCP, direct TLS or WebSocket.
+    pub dial: Dial,
     /// XMPP domain (the stream's `to`, the JIDs' domain, the TLS SNI name).
     pub domain: String,
-    /// STARTTLS connector, when TLS is wanted.
+    /// STARTTLS connector, when STARTTLS is wanted (TCP only).
     pub tls: Option<TlsConnector>,
     /// SASL mechanism.
     pub mechanism: Mechanism,
@@ -66,11 +71,10 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// An open XMPP stream with its read buffer.
+/// An open XMPP stream.
 pub struct Conn {
-    pub stream: Stream,
-    pub buf: BytesMut,
-    pub scanner: Scanner,
+    /// The connection and its framing state.
+    pub link: Link,
     /// The stage reported if the connection fails now.
     pub stage: &'static str,
 }
@@ -86,36 +90,27 @@ pub enum Read {
 const STREAM_NS: &str = "http://etherx.jabber.org/streams";
 
 impl Conn {
-    /// Opens a TCP connection from `source` (if any) to the server.
-    pub async fn connect(server: SocketAddr, source: Option<IpAddr>) -> Result<Self, Failure> {
-        let stream = tcp_connect(server, source)
-            .await
-            .map_err(|e| Failure::new("connect", e.to_string()))?;
+    /// Opens a connection from `source` (if any) to the server, as `config.dial` says.
+    pub async fn connect(config: &ClientConfig, source: Option<IpAddr>) -> Result<Self, Failure> {
+        let link = Link::connect(&config.dial, config.server, &config.domain, source).await?;
         Ok(Self {
-            stream: Stream::Plain(stream),
-            buf: BytesMut::with_capacity(4096),
-            scanner: Scanner::default(),
+            link,
             stage: "stream",
         })
     }
 
-    /// Writes all of `data`.
+    /// Writes all of `data`: whole elements, stream headers or the stream's end.
     pub async fn send(&mut self, data: &[u8]) -> Result<(), Failure> {
-        self.stream
-            .write_all(data)
+        self.link
+            .send(data)
             .await
             .map_err(|e| Failure::new(self.stage, format!("write: {e}")))
     }
 
-    /// Reads the next frame. A stream error or the server closing the stream is a failure.
+    /// Reads the next frame; cancel-safe. A stream error or the server closing the stream
+    /// is a failure.
     pub async fn read(&mut self) -> Result<Read, Failure> {
-        read_frame(
-            &mut self.stream,
-            &mut self.buf,
-            &mut self.scanner,
-            self.stage,
-        )
-        .await
+        self.link.read(self.stage).await
     }
 
     /// Reads the next element, skipping stream headers.
@@ -258,7 +253,7 @@ async fn login_inner(
     source: Option<IpAddr>,
     stage: &mut &'static str,
 ) -> Result<Session, Failure> {
-    let mut conn = Conn::connect(config.server, source).await?;
+    let mut conn = Conn::connect(config, source).await?;
     if let Some(connector) = &config.tls {
         *stage = "starttls";
         conn = starttls(conn, config, connector).await?;
@@ -337,7 +332,7 @@ async fn login_inner(
 /// Connects, negotiates STARTTLS if configured, and opens the stream; returns the
 /// connection, unauthenticated, with the server's features (for in-band registration).
 pub async fn open(config: &ClientConfig, source: Option<IpAddr>) -> Result<(Conn, Bytes), Failure> {
-    let mut conn = Conn::connect(config.server, source).await?;
+    let mut conn = Conn::connect(config, source).await?;
     if let Some(connector) = &config.tls {
         conn = starttls(conn, config, connector).await?;
     }
@@ -373,7 +368,13 @@ async fn starttls(
         return Err(Failure::new("starttls", "server refused STARTTLS"));
     }
     // RFC 6120 §5.4.3.3: nothing the server sent in plaintext after <proceed/> counts.
-    let Stream::Plain(tcp) = conn.stream else {
+    let Link::Xml(mut link) = conn.link else {
+        return Err(Failure::new(
+            "starttls",
+            "STARTTLS needs an XML stream over TCP",
+        ));
+    };
+    let Stream::Plain(tcp) = link.stream else {
         return Err(Failure::new("starttls", "already encrypted"));
     };
     let name = server_name(&config.domain).map_err(|e| Failure::new("tls", e.to_string()))?;
@@ -381,9 +382,10 @@ async fn starttls(
         .connect(name, tcp)
         .await
         .map_err(|e| Failure::new("tls", e.to_string()))?;
-    conn.stream = Stream::Tls(Box::new(tls));
-    conn.buf.clear();
-    conn.scanner.reset();
+    link.stream = Stream::Tls(Box::new(tls));
+    link.buf.clear();
+    link.scanner.reset();
+    conn.link = Link::Xml(link);
     Ok(conn)
 }
 
@@ -456,7 +458,7 @@ async fn authenticate(
                 }
                 // RFC 6120 §6.4.6: a new stream starts right after <success/>; bytes already
                 // buffered belong to it.
-                conn.scanner.reset();
+                conn.link.restart();
                 return Ok(());
             }
             b"failure" => {
@@ -514,6 +516,7 @@ fn sasl_error(error: &anyhow::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt as _;
 
     #[test]
     fn pings_get_results_and_other_requests_errors() {
@@ -582,6 +585,7 @@ mod tests {
                 .expect("bind");
             let config = ClientConfig {
                 server: listener.local_addr().expect("addr"),
+                dial: Dial::Tcp,
                 domain: "localhost".to_owned(),
                 tls: None,
                 mechanism: Mechanism::Plain,

@@ -432,6 +432,7 @@ fn finish(
     let result = json!({
         "scenario": "connect",
         "server": common.server,
+        "transport": common.transport.name(),
         "tls": common.tls,
         "mech": common.mechanism.name(),
         "pipeline": !common.no_pipeline,
@@ -461,7 +462,7 @@ fn finish(
     println!("== connect: {} users, {procs} process(es) ==", args.count);
     println!(
         "logged in       {succeeded} ok, {failed} failed   ({} {}, {})",
-        if common.tls { "STARTTLS" } else { "plain TCP" },
+        common.transport_label(),
         common.mechanism.name(),
         if common.no_pipeline {
             "no pipelining"

@@ -755,6 +755,7 @@ pub async fn run(args: HttpSendArgs) -> anyhow::Result<()> {
         "scenario": "http-send",
         "server": common.server,
         "http": uri.to_string(),
+        "transport": common.transport.name(),
         "tls": common.tls,
         "mech": common.mechanism.name(),
         "pairs": pairs,

@@ -11,14 +11,18 @@
 //! Every scenario prints a human table and then one line of JSON with all figures.
 //! BENCHMARKS.md at the repository root says how to run them and what was measured.
 //!
-//! Layout: `xml` frames the server's stream, `transport` opens TCP/TLS, `sasl` and `client`
-//! log one user in, `logins` logs many in, and `connect`, `chat`, `http_send` and
+//! Clients reach the server over TCP (optionally STARTTLS), direct TLS (XEP-0368) or
+//! WebSocket (RFC 7395): `--transport`.
+//!
+//! Layout: `xml` frames the server's stream, `transport` opens TCP/TLS, `link` carries
+//! elements over TCP, TLS or WebSocket, `sasl` and `client` log one user in, `logins` logs many in, and `connect`, `chat`, `http_send` and
 //! `register` are the scenarios; `report` holds the figures and /proc sampling.
 
 mod chat;
 mod client;
 mod connect;
 mod http_send;
+mod link;
 mod logins;
 mod register;
 mod report;
@@ -36,6 +40,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::ClientConfig;
+use crate::link::{Dial, TransportKind, WsTarget};
 use crate::sasl::Mechanism;
 
 /// XMPP load generator: login storms, idle sessions and chat traffic against any server.
@@ -62,9 +67,13 @@ enum Command {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args)]
 struct Common {
-    /// Server address (host:port).
+    /// Server address: host:port for --transport tcp and tls; for websocket a ws:// or wss://
+    /// URL (host:port alone means ws://host:port/xmpp-websocket).
     #[arg(long, default_value = "127.0.0.1:5222")]
     server: String,
+    /// How clients reach the server (with tls, --server is the direct TLS port).
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    transport: TransportKind,
     /// XMPP domain of the accounts.
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -77,7 +86,7 @@ struct Common {
     /// Number of the first user.
     #[arg(long, default_value_t = 1)]
     first: u64,
-    /// Negotiate STARTTLS (any certificate is accepted).
+    /// Negotiate STARTTLS (with --transport tcp; any certificate is accepted).
     #[arg(long)]
     tls: bool,
     /// SASL mechanism.
@@ -236,12 +245,43 @@ fn parse_rate(text: &str) -> Result<Rate, String> {
 }
 
 impl Common {
-    fn server_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server
+    /// The address connections go to and how they are opened.
+    fn endpoint(&self) -> anyhow::Result<(SocketAddr, Dial)> {
+        if self.tls && self.transport != TransportKind::Tcp {
+            bail!("--tls (STARTTLS) applies to --transport tcp only");
+        }
+        let dial = match self.transport {
+            TransportKind::Tcp => Dial::Tcp,
+            TransportKind::Tls => Dial::DirectTls(transport::direct_tls_connector()?),
+            TransportKind::Websocket => {
+                let (target, addr) =
+                    WsTarget::new(&self.server, &self.domain, transport::tls_connector()?)?;
+                return Ok((addr, Dial::WebSocket(target)));
+            }
+        };
+        if self.server.contains("://") {
+            bail!(
+                "--server {} is a URL: pass --transport websocket, or host:port",
+                self.server
+            );
+        }
+        let addr = self
+            .server
             .to_socket_addrs()
             .with_context(|| format!("resolve {}", self.server))?
             .next()
-            .with_context(|| format!("{} resolves to no address", self.server))
+            .with_context(|| format!("{} resolves to no address", self.server))?;
+        Ok((addr, dial))
+    }
+
+    /// The transport for human reports: "plain TCP", "STARTTLS", "direct TLS", "WebSocket".
+    fn transport_label(&self) -> &'static str {
+        match self.transport {
+            TransportKind::Tcp if self.tls => "STARTTLS",
+            TransportKind::Tcp => "plain TCP",
+            TransportKind::Tls => "direct TLS",
+            TransportKind::Websocket => "WebSocket",
+        }
     }
 
     /// The per-connection client settings; `presence` as the scenario wants.
@@ -249,8 +289,10 @@ impl Common {
         if let Some(path) = &self.scram_cache {
             sasl::persist_cache(path)?;
         }
+        let (server, dial) = self.endpoint()?;
         Ok(ClientConfig {
-            server: self.server_addr()?,
+            server,
+            dial,
             domain: self.domain.clone(),
             tls: if self.tls {
                 Some(transport::tls_connector()?)
@@ -276,7 +318,7 @@ impl Common {
         // system CPU per login at 19,000 connections from 127.0.0.1, against 0.04 ms with
         // four source addresses. So loopback runs spread over 127.0.0.x beyond 5,000.
         const PER_SOURCE: u64 = 5_000;
-        let server = self.server_addr()?;
+        let (server, _) = self.endpoint()?;
         if connections <= PER_SOURCE {
             return Ok(Arc::new(Vec::new()));
         }

@@ -112,6 +112,7 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<()> {
     let result = json!({
         "scenario": "register",
         "server": common.server,
+        "transport": common.transport.name(),
         "tls": common.tls,
         "requested": args.count,
         "first": common.first,

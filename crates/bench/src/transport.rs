@@ -1,5 +1,5 @@
 //! TCP connections from a chosen source address, and the TLS client that accepts any
-//! certificate.
+//! certificate (for STARTTLS, direct TLS and wss://).
 //!
 //! Source addresses: Linux gives each (source address, destination) pair at most the
 //! ephemeral port range (`net.ipv4.ip_local_port_range`, about 28 000 ports by default), so
@@ -93,6 +93,18 @@ pub async fn tcp_connect(server: SocketAddr, source: Option<IpAddr>) -> io::Resu
 /// server's TLS cost is the real one. Session resumption is off: each simulated user is a
 /// separate client with a full handshake.
 pub fn tls_connector() -> anyhow::Result<TlsConnector> {
+    Ok(TlsConnector::from(Arc::new(tls_config()?)))
+}
+
+/// As [`tls_connector`], offering ALPN `xmpp-client` for XEP-0368 direct TLS (§3: a server
+/// multiplexing one port by ALPN needs it to route the connection to its XMPP service).
+pub fn direct_tls_connector() -> anyhow::Result<TlsConnector> {
+    let mut config = tls_config()?;
+    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+fn tls_config() -> anyhow::Result<ClientConfig> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -101,7 +113,7 @@ pub fn tls_connector() -> anyhow::Result<TlsConnector> {
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// The name sent in SNI: the XMPP domain (RFC 6120 §13.7.2.1).

@@ -12,6 +12,7 @@ use crate::protobuf::ProtobufCodec;
 use crate::websocket::XmlWebSocketCodec;
 use crate::{CodecError, Limits, StreamEvent, XmlStreamDecoder, encode};
 use bytes::BytesMut;
+use confab_proto::framing::{Prefix, read_prefix};
 use minidom::Element;
 
 /// The framings a listener can speak.
@@ -138,12 +139,8 @@ pub fn put_frame(out: &mut BytesMut, payload: &[u8]) {
 }
 
 /// Appends a varint.
-pub fn put_varint(out: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        out.extend_from_slice(&[(value as u8) | 0x80]);
-        value >>= 7;
-    }
-    out.extend_from_slice(&[value as u8]);
+pub fn put_varint(out: &mut BytesMut, value: u64) {
+    confab_proto::prost::encoding::encode_varint(value, out);
 }
 
 /// Takes the next whole frame off the front of `input`, `Ok(None)` while it is incomplete.
@@ -151,28 +148,11 @@ pub fn put_varint(out: &mut BytesMut, mut value: u64) {
 /// The length is checked against `max` as soon as the prefix is complete, before any
 /// payload is buffered for it: a peer announcing 4 GiB gets `StanzaTooLarge` at once.
 pub fn take_frame(input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, CodecError> {
-    let mut length: u64 = 0;
-    let mut prefix = 0;
-    loop {
-        let Some(&byte) = input.get(prefix) else {
-            return if prefix >= 10 {
-                Err(CodecError::BadFrameLength)
-            } else {
-                Ok(None)
-            };
-        };
-        if prefix == 9 && byte > 1 {
-            return Err(CodecError::BadFrameLength);
-        }
-        length |= u64::from(byte & 0x7f) << (7 * prefix);
-        prefix += 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        if prefix == 10 {
-            return Err(CodecError::BadFrameLength);
-        }
-    }
+    let (prefix, length) = match read_prefix(input) {
+        Ok(Prefix::Complete { bytes, length }) => (bytes, length),
+        Ok(Prefix::Incomplete) => return Ok(None),
+        Err(_) => return Err(CodecError::BadFrameLength),
+    };
     if length > max as u64 {
         return Err(CodecError::StanzaTooLarge { limit: max });
     }
@@ -188,21 +168,11 @@ pub fn take_frame(input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, 
 /// message carrier sends, one message each). A trailing partial frame is not returned.
 pub fn frames(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
-        let mut length: u64 = 0;
-        let mut prefix = 0;
-        loop {
-            let &byte = buf.get(prefix)?;
-            length |= u64::from(byte & 0x7f) << (7 * prefix.min(9));
-            prefix += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            if prefix == 10 {
-                return None;
-            }
-        }
-        let end = prefix.checked_add(usize::try_from(length).ok()?)?;
-        let payload = buf.get(prefix..end)?;
+        let Ok(Prefix::Complete { bytes, length }) = read_prefix(buf) else {
+            return None;
+        };
+        let end = bytes.checked_add(usize::try_from(length).ok()?)?;
+        let payload = buf.get(bytes..end)?;
         buf = &buf[end..];
         Some(payload)
     })

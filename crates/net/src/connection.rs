@@ -356,6 +356,18 @@ async fn drive(
             read = conn.read(&mut input), if paused.is_none() => {
                 let n = read?;
                 if n == 0 {
+                    // The peer ended its half of the connection inside a frame (a protobuf
+                    // length prefix promised more bytes than came, or a stanza was cut
+                    // short). It may still be reading, so say why the stream ends —
+                    // bad-format (docs/protocol/confab-protobuf.md) — instead of closing
+                    // silently. If it is already gone the write fails, which changes nothing.
+                    if !input.is_empty() {
+                        session.stream_error(
+                            StreamErrorCondition::BadFormat,
+                            Some("the connection ended inside a frame"),
+                        );
+                        let _ = flush(conn, session).await;
+                    }
                     return Ok(());
                 }
                 // Per-connection byte rate: bytes over budget pause further reads (a flood

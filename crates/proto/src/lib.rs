@@ -14,6 +14,7 @@
 //! clients).
 
 pub mod convert;
+pub mod framing;
 pub mod time;
 
 /// Generated types of `confab.xmpp.v1`.

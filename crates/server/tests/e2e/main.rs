@@ -4,6 +4,7 @@
 //! One test binary (one link step) with a module per area; every test starts its own server
 //! (see [`harness`]), so tests are independent and run in parallel.
 
+mod bench_transports;
 mod client_api;
 mod client_send;
 mod direct_tls;
@@ -15,10 +16,14 @@ mod introspect;
 mod limits;
 mod mam;
 mod negotiation;
+mod pb_client;
 mod presence;
 mod protobuf;
 mod registration;
 mod scram;
 mod stream_management;
 mod tokio_xmpp_client;
+mod transport_clients;
+mod transports;
 mod websocket;
+mod wire_bytes;

@@ -8,11 +8,10 @@ use confab_proto::v1::frame::Kind;
 use confab_proto::v1::{
     Bind, Frame, Id, Iq, IqType, Message, MessageType, SaslAuth, SmEnable, StreamOpen,
 };
-use confab_proto::{MinidomFragments, ProstMessage, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use confab_proto::{MinidomFragments, Unit};
 
-use crate::harness::{DOMAIN, STEP, Server, body_of, password};
+use crate::harness::{DOMAIN, Server, body_of, password};
+use crate::transport_clients::PbTcpConn;
 
 async fn server() -> Server {
     Server::builder()
@@ -25,52 +24,30 @@ async fn server() -> Server {
         .await
 }
 
-/// A protobuf client: frames in, frames out.
+/// A protobuf client: frames in, frames out, over the shared framing of
+/// [`PbTcpConn`].
 struct PbClient {
-    stream: TcpStream,
-    input: Vec<u8>,
+    conn: PbTcpConn,
 }
 
 impl PbClient {
     async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect to pb");
         Self {
-            stream,
-            input: Vec::new(),
+            conn: PbTcpConn::connect(addr).await,
         }
     }
 
     async fn send(&mut self, frame: Frame) {
-        let bytes = frame.encode_length_delimited_to_vec();
-        self.stream.write_all(&bytes).await.expect("write frame");
+        self.conn.send(&frame).await;
     }
 
     async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write bytes");
+        self.conn.send_raw(bytes).await;
     }
 
     /// The next frame; `None` at end of stream.
     async fn next(&mut self) -> Option<Frame> {
-        tokio::time::timeout(STEP, async {
-            loop {
-                let mut view = self.input.as_slice();
-                if let Ok(length) = confab_proto::prost::decode_length_delimiter(&mut view) {
-                    let prefix = self.input.len() - view.len();
-                    if view.len() >= length {
-                        let frame = Frame::decode(&view[..length]).expect("server frame decodes");
-                        self.input.drain(..prefix + length);
-                        return Some(frame);
-                    }
-                }
-                let mut buf = [0u8; 4096];
-                match self.stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.input.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await
-        .expect("a frame within the step")
+        self.conn.next().await
     }
 
     /// The next frame that is not an XEP-0198 request (answered by nobody here).

@@ -11,10 +11,9 @@ use futures::{SinkExt, StreamExt};
 use minidom::Element;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::transport_clients::WsMessage;
 
 /// RFC 7395 §3.3.1.
 const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
@@ -46,29 +45,8 @@ async fn try_connect(
     protocol: Option<&str>,
     origin: Option<&str>,
 ) -> Result<WsClient, WsError> {
-    let mut request = format!("ws://{}{path}", server.http)
-        .into_client_request()
-        .expect("request");
-    if let Some(protocol) = protocol {
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_str(protocol).expect("header"),
-        );
-    }
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("Origin", HeaderValue::from_str(origin).expect("header"));
-    }
-    let stream = TcpStream::connect(server.http).await.expect("connect");
-    // Room for the oversized message test; the server's limit is what is under test.
-    let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
-    let (ws, response) = tokio::time::timeout(
-        STEP,
-        tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
-    )
-    .await
-    .expect("handshake timed out")?;
+    let (ws, response) =
+        crate::transport_clients::ws_handshake(server.http, path, protocol, origin).await?;
     if let Some(protocol) = protocol {
         assert_eq!(
             response
@@ -126,22 +104,15 @@ impl WsClient {
 
     /// The next frame; panics after [`STEP`].
     async fn next(&mut self) -> Frame {
-        loop {
-            let message = tokio::time::timeout(STEP, self.ws.next())
-                .await
-                .expect("nothing arrived from the server in time");
-            match message {
-                Some(Ok(Message::Text(text))) => {
-                    let element = text.as_str().parse::<Element>().unwrap_or_else(|e| {
-                        panic!("not a standalone XML document ({e}): {}", text.as_str())
-                    });
-                    return Frame::Element(element);
-                }
-                Some(Ok(Message::Binary(data))) => return Frame::Binary(data.to_vec()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return Frame::Closed,
-                Some(Err(error)) => panic!("WebSocket error: {error}"),
+        match crate::transport_clients::next_ws_message(&mut self.ws).await {
+            WsMessage::Text(text) => {
+                let element = text
+                    .parse::<Element>()
+                    .unwrap_or_else(|e| panic!("not a standalone XML document ({e}): {text}"));
+                Frame::Element(element)
             }
+            WsMessage::Binary(data) => Frame::Binary(data),
+            WsMessage::Closed => Frame::Closed,
         }
     }
 
