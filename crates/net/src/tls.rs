@@ -10,11 +10,13 @@
 //! and TLS 1.2, and for TLS 1.2 only ECDHE key exchange with an AEAD cipher (forward secrecy,
 //! no CBC). Older protocols and suites are refused with a handshake alert.
 
+/// The TLS server configuration every listener takes (rustls).
+pub use rustls::ServerConfig;
+use rustls::SupportedCipherSuite;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self, cipher_suite};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};

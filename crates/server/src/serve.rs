@@ -4,7 +4,7 @@ use crate::config::{Config, Registration};
 use anyhow::Context;
 use async_trait::async_trait;
 use confab_auth::{LoginThrottle, ThrottleConfig};
-use confab_c2s::{C2sConfig, PreAuthIq, Resumption};
+use confab_c2s::{C2sConfig, Framing, PreAuthIq, Resumption};
 use confab_codec::Limits;
 use confab_core::metrics::Metrics;
 use confab_core::store::{Store, StoreError, TokenInfo};
@@ -112,17 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         c2s_socket,
         router.clone(),
         c2s.clone(),
-        ListenerConfig {
-            max_connections: config.c2s.max_connections,
-            pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
-            idle_timeout: (config.c2s.idle_timeout_secs > 0)
-                .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
-            read_rate: config.c2s.read_rate_bytes_per_sec,
-            read_burst: config.c2s.read_burst_bytes,
-            tls: Some(tls.clone()),
-            direct_tls: false,
-            framing: confab_c2s::Framing::XmlStream,
-        },
+        listener_config(&config, Some(tls.clone()), false, Framing::XmlStream),
     );
     // XEP-0368 direct TLS: the same sessions (one `C2sConfig`, so resumption and login
     // throttling span both ports), TLS from the first byte with ALPN `xmpp-client`.
@@ -131,17 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             socket,
             router.clone(),
             c2s.clone(),
-            ListenerConfig {
-                max_connections: config.c2s.max_connections,
-                pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
-                idle_timeout: (config.c2s.idle_timeout_secs > 0)
-                    .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
-                read_rate: config.c2s.read_rate_bytes_per_sec,
-                read_burst: config.c2s.read_burst_bytes,
-                tls: Some(direct_tls),
-                direct_tls: true,
-                framing: confab_c2s::Framing::XmlStream,
-            },
+            listener_config(&config, Some(direct_tls), true, Framing::XmlStream),
         )
     });
     // The protobuf binding: the same sessions with another framing, converted at the edge
@@ -151,17 +131,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             socket,
             router.clone(),
             c2s.clone(),
-            ListenerConfig {
-                max_connections: config.c2s.max_connections,
-                pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
-                idle_timeout: (config.c2s.idle_timeout_secs > 0)
-                    .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
-                read_rate: config.c2s.read_rate_bytes_per_sec,
-                read_burst: config.c2s.read_burst_bytes,
-                tls: config.pb.tls.then(|| tls.clone()),
-                direct_tls: config.pb.tls,
-                framing: confab_c2s::Framing::Protobuf,
-            },
+            listener_config(
+                &config,
+                config.pb.tls.then(|| tls.clone()),
+                config.pb.tls,
+                Framing::Protobuf,
+            ),
         )
     });
 
@@ -219,6 +194,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client listener's settings: every one shares the `[c2s]` limits and timeouts; they
+/// differ in TLS and framing only.
+fn listener_config(
+    config: &Config,
+    tls: Option<Arc<confab_net::tls::ServerConfig>>,
+    direct_tls: bool,
+    framing: Framing,
+) -> ListenerConfig {
+    ListenerConfig {
+        max_connections: config.c2s.max_connections,
+        pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
+        idle_timeout: (config.c2s.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
+        read_rate: config.c2s.read_rate_bytes_per_sec,
+        read_burst: config.c2s.read_burst_bytes,
+        tls,
+        direct_tls,
+        framing,
+    }
+}
+
 /// XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on the HTTP listener: sessions with
 /// the `[c2s]` limits and timeouts, capped at `[c2s] max_connections` like the TCP listener
 /// (a separate count), ending with `system-shutdown` at `shutdown`. The carrier's TLS, if
@@ -230,23 +226,15 @@ fn websocket_state(
     shutdown: CancellationToken,
 ) -> confab_http::websocket::WebSocketState {
     let limits = |framing| {
-        Arc::new(confab_net::ConnectionLimits::new(&ListenerConfig {
-            max_connections: config.c2s.max_connections,
-            pre_auth_timeout: Duration::from_secs(config.c2s.pre_auth_timeout_secs),
-            idle_timeout: (config.c2s.idle_timeout_secs > 0)
-                .then(|| Duration::from_secs(config.c2s.idle_timeout_secs)),
-            read_rate: config.c2s.read_rate_bytes_per_sec,
-            read_burst: config.c2s.read_burst_bytes,
-            tls: None,
-            direct_tls: false,
-            framing,
-        }))
+        Arc::new(confab_net::ConnectionLimits::new(&listener_config(
+            config, None, false, framing,
+        )))
     };
-    let xml = limits(confab_c2s::Framing::XmlWebSocket);
-    let protobuf = limits(confab_c2s::Framing::Protobuf);
+    let xml = limits(Framing::XmlWebSocket);
+    let protobuf = limits(Framing::Protobuf);
     let run: confab_http::websocket::SessionRunner = Arc::new(move |transport, peer, framing| {
         let limits = match framing {
-            confab_c2s::Framing::Protobuf => protobuf.clone(),
+            Framing::Protobuf => protobuf.clone(),
             _ => xml.clone(),
         };
         Box::pin(confab_net::serve_messages(
