@@ -53,7 +53,7 @@ use crate::link::{LinkReader, LinkWriter};
 use crate::report::{self, CpuMeter, Failures};
 use crate::sm::{self, SmCounter, SmEvent};
 use crate::xml;
-use crate::{ChatArgs, logins, sasl};
+use crate::{ChatArgs, logins, sasl, transport};
 
 /// Confab's commit receipt namespace.
 const ACK_NS: &str = "urn:confab:ack:0";
@@ -399,6 +399,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let senders_n = pairs * 2;
     let per_direction = args.load.rate / 2.0;
     let meter = CpuMeter::start(common.pid);
+    let bytes_before = transport::stream_bytes();
     // One origin for every sender's schedule, on both clocks.
     let start = tokio::time::Instant::now();
     let start_us = now_us();
@@ -511,6 +512,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     };
     let drain_s = drain_start.elapsed().as_secs_f64();
     let cpu = meter.stop();
+    let bytes_after = transport::stream_bytes();
     let _ = stop_tx.send(true);
 
     // Reader 2i sees direction 0 of pair i arrive and direction 1's receipts; 2i+1 the reverse.
@@ -615,6 +617,13 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         .server
         .filter(|_| received > 0)
         .map(|s| report::round3(s * 1e6 / received as f64));
+    // Everything on the clients' connections while sending and draining (both legs of each
+    // message, its receipt, SM traffic), per delivered message: the transports' wire cost.
+    let bytes_per_msg = (received > 0).then(|| {
+        let sent_bytes = bytes_after.0.saturating_sub(bytes_before.0);
+        let read_bytes = bytes_after.1.saturating_sub(bytes_before.1);
+        report::round3((sent_bytes + read_bytes) as f64 / received as f64)
+    });
     let ack_only = |value: Value| if with_acks { value } else { Value::Null };
     let rate_only = |hist: &Histogram<u64>| (!args.load.max).then(|| report::summary(hist));
     let mut result = json!({
@@ -662,6 +671,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     });
     // Set apart: one more key in the literal exceeds json!'s macro recursion limit.
     result["transport"] = json!(common.transport.name());
+    result["bytes_per_msg"] = json!(bytes_per_msg);
 
     println!(
         "== chat: {pairs} pairs, {} for {} s ==",
@@ -763,6 +773,9 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     println!("cpu             {}", cpu.line());
     if let Some(us) = server_us_per_msg {
         println!("server cpu      {us:.1} µs per delivered message");
+    }
+    if let Some(bytes) = bytes_per_msg {
+        println!("wire bytes      {bytes:.0} per delivered message (both ways, above TLS)");
     }
     report::print_failures("bounces and unexpected stanzas", &errors);
     report::print_failures("send errors", &send_errors);

@@ -11,12 +11,14 @@
 //! Every scenario prints a human table and then one line of JSON with all figures.
 //! BENCHMARKS.md at the repository root says how to run them and what was measured.
 //!
-//! Clients reach the server over TCP (optionally STARTTLS), direct TLS (XEP-0368) or
-//! WebSocket (RFC 7395): `--transport`.
+//! Clients reach the server over TCP (optionally STARTTLS), direct TLS (XEP-0368),
+//! WebSocket (RFC 7395) or Confab's protobuf binding (TCP, TLS or WebSocket): `--transport`.
 //!
 //! Layout: `xml` frames the server's stream, `transport` opens TCP/TLS, `link` carries
-//! elements over TCP, TLS or WebSocket, `sasl` and `client` log one user in, `logins` logs many in, and `connect`, `chat`, `http_send` and
-//! `register` are the scenarios; `report` holds the figures and /proc sampling.
+//! elements over TCP, TLS or WebSocket, `pb` converts them to protobuf frames and back,
+//! `sasl` and `client` log one user in, `logins` logs many in, and `connect`, `chat`,
+//! `http_send` and `register` are the scenarios; `report` holds the figures and /proc
+//! sampling.
 
 mod chat;
 mod client;
@@ -24,6 +26,7 @@ mod connect;
 mod http_send;
 mod link;
 mod logins;
+mod pb;
 mod register;
 mod report;
 mod sasl;
@@ -40,7 +43,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::ClientConfig;
-use crate::link::{Dial, TransportKind, WsTarget};
+use crate::link::{Dial, PbTarget, TransportKind, WsTarget};
 use crate::sasl::Mechanism;
 
 /// XMPP load generator: login storms, idle sessions and chat traffic against any server.
@@ -67,8 +70,9 @@ enum Command {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args)]
 struct Common {
-    /// Server address: host:port for --transport tcp and tls; for websocket a ws:// or wss://
-    /// URL (host:port alone means ws://host:port/xmpp-websocket).
+    /// Server address: host:port for --transport tcp, tls, pb and pb-tls (the `[pb]`
+    /// listener); for websocket and pb-websocket a ws:// or wss:// URL (host:port alone means
+    /// ws://host:port/xmpp-websocket, or /pb-websocket).
     #[arg(long, default_value = "127.0.0.1:5222")]
     server: String,
     /// How clients reach the server (with tls, --server is the direct TLS port).
@@ -253,15 +257,24 @@ impl Common {
         let dial = match self.transport {
             TransportKind::Tcp => Dial::Tcp,
             TransportKind::Tls => Dial::DirectTls(transport::direct_tls_connector()?),
-            TransportKind::Websocket => {
-                let (target, addr) =
-                    WsTarget::new(&self.server, &self.domain, transport::tls_connector()?)?;
+            TransportKind::Pb => Dial::Pb(PbTarget::new(&self.domain, None)),
+            TransportKind::PbTls => Dial::Pb(PbTarget::new(
+                &self.domain,
+                Some(transport::tls_connector()?),
+            )),
+            TransportKind::Websocket | TransportKind::PbWebsocket => {
+                let (target, addr) = WsTarget::new(
+                    &self.server,
+                    &self.domain,
+                    transport::tls_connector()?,
+                    self.transport == TransportKind::PbWebsocket,
+                )?;
                 return Ok((addr, Dial::WebSocket(target)));
             }
         };
         if self.server.contains("://") {
             bail!(
-                "--server {} is a URL: pass --transport websocket, or host:port",
+                "--server {} is a URL: pass --transport websocket or pb-websocket, or host:port",
                 self.server
             );
         }
@@ -274,13 +287,17 @@ impl Common {
         Ok((addr, dial))
     }
 
-    /// The transport for human reports: "plain TCP", "STARTTLS", "direct TLS", "WebSocket".
+    /// The transport for human reports: "plain TCP", "STARTTLS", "direct TLS", "WebSocket",
+    /// "protobuf/TCP", …
     fn transport_label(&self) -> &'static str {
         match self.transport {
             TransportKind::Tcp if self.tls => "STARTTLS",
             TransportKind::Tcp => "plain TCP",
             TransportKind::Tls => "direct TLS",
             TransportKind::Websocket => "WebSocket",
+            TransportKind::Pb => "protobuf/TCP",
+            TransportKind::PbTls => "protobuf/TLS",
+            TransportKind::PbWebsocket => "protobuf/WebSocket",
         }
     }
 

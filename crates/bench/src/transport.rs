@@ -11,6 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use anyhow::{Context as _, bail};
@@ -32,16 +33,36 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// Bytes written to and read from every [`Stream`] of this process, for the chat report's
+/// bytes per message. Counted above TLS (a TLS record's ~22 bytes of overhead are not), and
+/// below WebSocket framing (which is).
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+static READ: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes written and read by all connections so far: `(written, read)`.
+pub fn stream_bytes() -> (u64, u64) {
+    (
+        WRITTEN.load(Ordering::Relaxed),
+        READ.load(Ordering::Relaxed),
+    )
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
+        let before = buf.filled().len();
+        let poll = match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            READ.fetch_add(read as u64, Ordering::Relaxed);
         }
+        poll
     }
 }
 
@@ -51,10 +72,14 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
+        let poll = match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(written)) = poll {
+            WRITTEN.fetch_add(written as u64, Ordering::Relaxed);
         }
+        poll
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -22,7 +22,7 @@ fn every_login_scenario_takes_a_transport() {
             help.contains("--transport <TRANSPORT>"),
             "{scenario}: {help}"
         );
-        for value in ["tcp", "tls", "websocket"] {
+        for value in ["tcp", "tls", "websocket", "pb", "pb-tls", "pb-websocket"] {
             assert!(help.contains(&format!("- {value}:")), "{scenario}: {help}");
         }
     }
@@ -62,4 +62,25 @@ fn mismatched_transport_options_are_refused_before_connecting() {
     assert!(!bad_scheme.status.success());
     let stderr = String::from_utf8_lossy(&bad_scheme.stderr);
     assert!(stderr.contains("starts with ws:// or wss://"), "{stderr}");
+
+    // The protobuf binding has no STARTTLS (TLS is `pb-tls`), and a URL is for pb-websocket.
+    let starttls_over_pb = bench(&["connect", "--transport", "pb", "--tls", "--count", "1"]);
+    assert!(!starttls_over_pb.status.success());
+    let stderr = String::from_utf8_lossy(&starttls_over_pb.stderr);
+    assert!(
+        stderr.contains("--tls (STARTTLS) applies to --transport tcp only"),
+        "{stderr}"
+    );
+    let url_over_pb = bench(&[
+        "connect",
+        "--transport",
+        "pb",
+        "--server",
+        "ws://127.0.0.1:9/pb-websocket",
+        "--count",
+        "1",
+    ]);
+    assert!(!url_over_pb.status.success());
+    let stderr = String::from_utf8_lossy(&url_over_pb.stderr);
+    assert!(stderr.contains("pb-websocket"), "{stderr}");
 }

@@ -1,6 +1,7 @@
-//! The load generator (`confab-bench`) over XEP-0368 direct TLS and RFC 7395 WebSocket,
-//! against the real server: it registers accounts, holds sessions and exchanges chat
-//! messages over each transport, with nothing lost, duplicated or dropped.
+//! The load generator (`confab-bench`) over XEP-0368 direct TLS, RFC 7395 WebSocket and
+//! Confab's protobuf binding (TCP, TLS and `/pb-websocket`), against the real server: it
+//! registers accounts, holds sessions and exchanges chat messages over each transport, with
+//! nothing lost, duplicated or dropped.
 //!
 //! The bench binary is another package's, so it is found next to the `confab` binary (both
 //! are built into the same target directory by `cargo build --workspace` and by
@@ -53,8 +54,9 @@ async fn bench(args: &[&str]) -> Value {
 }
 
 /// One transport's whole run: register users `first..first+3`, hold them online, then two
-/// pairs chat as fast as a window of 8 allows, with stream management and receipts.
-async fn run_over(transport: &str, server: &str, first: u64) {
+/// pairs chat as fast as a window of 8 allows, with stream management and receipts. Returns
+/// the chat's wire bytes per delivered message.
+async fn run_over(transport: &str, server: &str, first: u64) -> f64 {
     let first = first.to_string();
     let common = [
         "--transport",
@@ -139,6 +141,11 @@ async fn run_over(transport: &str, server: &str, first: u64) {
     );
     // Every client answered the server's <r/> and got <a/> back over this transport.
     assert_eq!(report["sm"]["enabled"], 4, "{transport}: {report}");
+    let bytes = report["bytes_per_msg"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("bytes_per_msg: {report}"));
+    assert!(bytes > 0.0, "{transport}: {report}");
+    bytes
 }
 
 #[tokio::test]
@@ -152,4 +159,45 @@ async fn bench_over_direct_tls_and_websocket() {
     // Separate accounts per transport, so no run sees another's late traffic.
     run_over("tls", &tls, 1).await;
     run_over("websocket", &ws, 101).await;
+}
+
+/// The protobuf binding on TCP and on `/pb-websocket`: the bench converts its XML to frames
+/// at the edge, so the same scenarios must give the same clean figures as over XML.
+#[tokio::test]
+async fn bench_over_the_protobuf_binding() {
+    let server = Server::builder()
+        .args(&["--registration", "open"])
+        .env(&[
+            ("CONFAB__PB__ENABLED", "true"),
+            ("CONFAB__PB__LISTEN", "127.0.0.1:0"),
+        ])
+        .start()
+        .await;
+    let pb = server.pb.expect("protobuf listener").to_string();
+    let ws = format!("ws://{}/pb-websocket", server.http);
+    let pb_bytes = run_over("pb", &pb, 201).await;
+    run_over("pb-websocket", &ws, 301).await;
+    // The same traffic as XML: the bench must really speak the compact binding (typed
+    // fields), not, say, XML fragments in frames, or its pb figures would measure that.
+    let xml_bytes = run_over("tcp", &server.c2s.to_string(), 501).await;
+    assert!(
+        pb_bytes < xml_bytes * 0.55,
+        "protobuf {pb_bytes} B per message against XML {xml_bytes} B"
+    );
+}
+
+/// The protobuf listener with TLS from the first byte (`[pb] tls = true`).
+#[tokio::test]
+async fn bench_over_the_protobuf_binding_with_tls() {
+    let server = Server::builder()
+        .args(&["--registration", "open"])
+        .env(&[
+            ("CONFAB__PB__ENABLED", "true"),
+            ("CONFAB__PB__LISTEN", "127.0.0.1:0"),
+            ("CONFAB__PB__TLS", "true"),
+        ])
+        .start()
+        .await;
+    let pb = server.pb.expect("protobuf listener").to_string();
+    run_over("pb-tls", &pb, 401).await;
 }
