@@ -150,7 +150,10 @@ impl Module for LogModule {
                 recipient: recipient.as_str().to_owned(),
                 client_id: client_id.clone(),
                 stamp_ms: chrono::Utc::now().timestamp_millis(),
-                xml: String::from(&*element),
+                // The codec's encoder with the root declaring `jabber:client`: a standalone
+                // document like minidom's `String::from`, at about a third of its cost
+                // (BENCHMARKS.md, "Archive copy").
+                xml: confab_codec::encode::to_standalone_string(element),
                 counts_unread,
                 for_later,
             }
