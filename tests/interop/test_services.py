@@ -39,9 +39,11 @@ async def test_disco_info_of_the_server(server):
         identities = {(cat, typ) for cat, typ, _lang, _name in info["identities"]}
         assert ("server", "im") in identities, info["identities"]
 
-        # disco#items of the server: an empty but well-formed result today.
+        # disco#items of the server: the services it hosts (XEP-0045's conference domain).
         items = await alice["xep_0030"].get_items(jid=server.domain, local=False, timeout=WAIT)
         assert items["type"] == "result"
+        hosted = {item[0] for item in items["disco_items"]["items"]}
+        assert f"conference.{server.domain}" in hosted, hosted
 
         # disco#info of an account's bare JID, answered by the server on its behalf.
         iq = await alice["xep_0030"].get_info(

@@ -271,6 +271,41 @@ pub trait TokenStore: Send + Sync {
     async fn revoke_all(&self) -> StoreResult<u64>;
 }
 
+/// A persistent XEP-0045 room as stored: its bare JID and its configuration, which the MUC
+/// service serializes itself (the store keeps it as opaque text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// The room's bare JID (`room@conference.example.org`).
+    pub room: String,
+    /// The serialized configuration.
+    pub config: String,
+}
+
+/// Persistent multi-user chat rooms (XEP-0045 §10.1.3 `muc#roomconfig_persistentroom`):
+/// their configuration and affiliation lists survive a restart; occupants and history do
+/// not. Deliberately not part of [`Store`]: only the MUC service needs it, and the server
+/// wires it in beside the store.
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Creates or replaces a room's configuration.
+    async fn put_room(&self, room: &str, config: &str) -> StoreResult<()>;
+    /// Deletes a room and its affiliations; `NotFound` if it is not stored.
+    async fn delete_room(&self, room: &str) -> StoreResult<()>;
+    /// Every stored room, sorted by JID.
+    async fn rooms(&self) -> StoreResult<Vec<StoredRoom>>;
+    /// Sets a bare JID's affiliation with a stored room (`owner`, `admin`, `member`,
+    /// `outcast`; opaque here), or with `None` removes it. `NotFound` if the room is not
+    /// stored.
+    async fn set_affiliation(
+        &self,
+        room: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+    ) -> StoreResult<()>;
+    /// A stored room's affiliations as `(bare JID, affiliation)`, sorted by JID.
+    async fn affiliations(&self, room: &str) -> StoreResult<Vec<(String, String)>>;
+}
+
 /// Everything the IM core needs from storage, as one object the server wires in.
 pub trait Store:
     AccountStore

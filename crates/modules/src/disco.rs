@@ -69,9 +69,18 @@ impl Module for Disco {
                 info("server", "im", Some(SERVER_NAME), &router.server_features())
             }
         } else {
-            // Items of the server (a conference service, later) and of accounts (PEP nodes,
-            // later): none yet, which XEP-0030 answers with an empty result.
-            Element::bare("query", ns::DISCO_ITEMS)
+            // Items of the server are the services modules host on their own domains (the
+            // XEP-0045 conference service); accounts have none yet (PEP nodes, later), which
+            // XEP-0030 answers with an empty result.
+            let mut query = Element::bare("query", ns::DISCO_ITEMS);
+            if !to_account {
+                let mut services: Vec<&str> = router.hosted_domains().collect();
+                services.sort_unstable();
+                for service in services {
+                    query.append_child(element("item", ns::DISCO_ITEMS, &[("jid", service)]));
+                }
+            }
+            query
         };
         IqOutcome::Result(Some(reply))
     }

@@ -181,6 +181,8 @@ config_struct! {
             pub offline: OfflineConfig;
             /// The message archive every chat message is committed to (and XEP-0313 reads).
             pub archive: ArchiveConfig;
+            /// The multi-user chat service (XEP-0045).
+            pub muc: MucConfig;
             /// Logging.
             pub log: LogConfig;
         }
@@ -317,6 +319,30 @@ config_struct! {
         /// are purged hourly. This is also how long a client's resend is recognised as one.
         /// 0 keeps messages for ever.
         pub retention_days: u32 = 0;
+    }
+}
+
+config_struct! {
+    /// The multi-user chat service (XEP-0045) on a domain of its own.
+    pub struct MucConfig {
+        /// Serve group chat rooms at all.
+        pub enabled: bool = true;
+        /// The service's domain, where rooms live (room@domain). Unset: "conference."
+        /// followed by the server's domain. Clients reach it through this server, so it needs
+        /// no DNS record of its own.
+        pub domain: Option<String> = None, example "\"conference.example.com\"";
+        /// Messages each room keeps in memory for new occupants (XEP-0045 §7.2.12); 0 keeps
+        /// none.
+        pub history_max: usize = 50;
+    }
+}
+
+impl MucConfig {
+    /// The service domain: the configured one, or "conference.<domain>".
+    pub fn domain_for(&self, server_domain: &str) -> String {
+        self.domain
+            .clone()
+            .unwrap_or_else(|| format!("conference.{server_domain}"))
     }
 }
 
@@ -468,6 +494,17 @@ impl Config {
                     "tls.key is set but tls.cert is not; set both or neither",
                 ));
             }
+        }
+
+        if let Some(domain) = &self.muc.domain {
+            let normalized = normalize_domain(domain)
+                .map_err(|_| err(format!("muc.domain: {domain:?} is not a valid XMPP domain")))?;
+            if normalized == self.domain {
+                return Err(err(
+                    "muc.domain: must differ from the server's domain (rooms would shadow accounts)",
+                ));
+            }
+            self.muc.domain = Some(normalized);
         }
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

@@ -28,6 +28,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = confab_store::SqliteStore::open(&config.data_dir)
         .await?
         .with_offline_quota(quota);
+    // The conference service's own port on the same database (not part of `Store`).
+    let room_store: Arc<dyn confab_core::store::RoomStore> = Arc::new(store.clone());
     let store: Arc<dyn Store> = Arc::new(store);
     // IM tokens live as long as their session, and no session survives a restart.
     let revoked = store
@@ -69,13 +71,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // The message log commits chat messages at `on_routed`; MAM answers queries over what it
     // committed (an IQ handler only, so its place in the hook order does not matter).
-    let modules = modules_with_log(
+    let mut modules = modules_with_log(
         &options,
         vec![
             Arc::new(LogModule::new(store.clone(), log_config(&config.archive))),
             Arc::new(MamModule::new()),
         ],
     );
+    if config.muc.enabled {
+        // XEP-0045 on its own domain: the router hands it every stanza for that domain.
+        let muc = confab_muc::Muc::load(
+            &config.muc.domain_for(&config.domain),
+            config.muc.history_max,
+            room_store,
+        )
+        .await
+        .context("muc")?;
+        modules.push(Arc::new(muc));
+    }
     let router = Arc::new(Router::new(
         domain.clone(),
         Arc::new(SessionManager::new()),

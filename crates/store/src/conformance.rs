@@ -69,6 +69,8 @@ macro_rules! conformance_tests {
             client_view_rows_go_with_the_account,
             apps_create_list_verify_delete,
             apps_put_conflict_and_hash_round_trip,
+            rooms_put_replace_list_delete,
+            rooms_affiliations_set_remove_and_go_with_the_room,
         );
         #[tokio::test]
         async fn offline_quota() {
@@ -2314,4 +2316,105 @@ pub async fn apps_put_conflict_and_hash_round_trip(store: &dyn Store) {
         store.delete_app("c2").await,
         Err(StoreError::NotFound)
     ));
+}
+
+/// Persistent MUC rooms: configuration is upserted verbatim, listed by JID, and deleting an
+/// unknown room is `NotFound`.
+pub async fn rooms_put_replace_list_delete(store: &dyn confab_core::store::RoomStore) {
+    use confab_core::store::StoredRoom;
+    assert!(store.rooms().await.expect("rooms").is_empty());
+    store
+        .put_room("b@conference.x", "{\"name\":\"B\"}")
+        .await
+        .expect("put");
+    store
+        .put_room("a@conference.x", "first")
+        .await
+        .expect("put");
+    store
+        .put_room("a@conference.x", "Ünïcode second")
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.rooms().await.expect("rooms"),
+        [
+            StoredRoom {
+                room: "a@conference.x".into(),
+                config: "Ünïcode second".into(),
+            },
+            StoredRoom {
+                room: "b@conference.x".into(),
+                config: "{\"name\":\"B\"}".into(),
+            },
+        ]
+    );
+    store.delete_room("a@conference.x").await.expect("delete");
+    assert!(matches!(
+        store.delete_room("a@conference.x").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.rooms().await.expect("rooms").len(), 1);
+}
+
+/// Affiliations belong to a stored room: set, replaced, removed, refused for an unknown room,
+/// and gone with the room (a room recreated under the same JID starts with none).
+pub async fn rooms_affiliations_set_remove_and_go_with_the_room(
+    store: &dyn confab_core::store::RoomStore,
+) {
+    let room = "r@conference.x";
+    assert!(matches!(
+        store.set_affiliation(room, "a@x", Some("owner")).await,
+        Err(StoreError::NotFound)
+    ));
+    store.put_room(room, "c").await.expect("put");
+    store
+        .put_room("other@conference.x", "c")
+        .await
+        .expect("put");
+    store
+        .set_affiliation(room, "b@x", Some("member"))
+        .await
+        .expect("set");
+    store
+        .set_affiliation(room, "a@x", Some("owner"))
+        .await
+        .expect("set");
+    store
+        .set_affiliation(room, "b@x", Some("outcast"))
+        .await
+        .expect("replace");
+    store
+        .set_affiliation("other@conference.x", "c@x", Some("admin"))
+        .await
+        .expect("set");
+    assert_eq!(
+        store.affiliations(room).await.expect("list"),
+        [
+            ("a@x".to_owned(), "owner".to_owned()),
+            ("b@x".to_owned(), "outcast".to_owned()),
+        ]
+    );
+    store
+        .set_affiliation(room, "b@x", None)
+        .await
+        .expect("remove");
+    // Removing what is not there is not an error: the list already says "none".
+    store
+        .set_affiliation(room, "b@x", None)
+        .await
+        .expect("remove again");
+    assert_eq!(
+        store.affiliations(room).await.expect("list"),
+        [("a@x".to_owned(), "owner".to_owned())]
+    );
+    store.delete_room(room).await.expect("delete");
+    store.put_room(room, "c").await.expect("recreate");
+    assert!(store.affiliations(room).await.expect("list").is_empty());
+    assert_eq!(
+        store
+            .affiliations("other@conference.x")
+            .await
+            .expect("list"),
+        [("c@x".to_owned(), "admin".to_owned())]
+    );
 }

@@ -9,6 +9,7 @@ mod client_view;
 mod documents;
 mod offline;
 mod read_state;
+mod rooms;
 mod roster;
 #[cfg(test)]
 mod tests;

@@ -75,6 +75,8 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     users: Vec<String>,
     fd_limit: Option<u32>,
+    /// A data directory to reuse (a restart), instead of a fresh one.
+    data_dir: Option<TempDir>,
 }
 
 impl ServerBuilder {
@@ -104,10 +106,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs on the data directory a stopped server left (see [`Server::stop`]).
+    pub fn data_dir(mut self, dir: TempDir) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
     /// Creates the data directory and accounts, spawns the server and waits until both
     /// listeners are reported on standard output.
     pub async fn start(self) -> Server {
-        let dir = tempfile::tempdir().expect("temporary data directory");
+        let dir = match self.data_dir {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("temporary data directory"),
+        };
         for user in &self.users {
             add_user(dir.path(), &self.env, user, &password(user)).await;
         }
@@ -308,6 +319,17 @@ impl Server {
         Client::connect_direct_tls(addr, tls)
             .await
             .expect("direct TLS handshake")
+    }
+
+    /// Stops the server cleanly (SIGTERM) and hands back its data directory, so a test can
+    /// start another server on the same data ([`ServerBuilder::data_dir`]): a restart.
+    pub async fn stop(mut self) -> TempDir {
+        self.terminate().await;
+        self.wait_exit().await;
+        std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("temporary data directory"),
+        )
     }
 
     /// Whether the server process is still running.

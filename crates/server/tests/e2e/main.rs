@@ -15,6 +15,7 @@ mod im;
 mod introspect;
 mod limits;
 mod mam;
+mod muc;
 mod negotiation;
 mod pb_client;
 mod presence;

@@ -1,0 +1,487 @@
+//! XEP-0045 multi-user chat: a conference service on its own domain
+//! (`conference.<domain>`), plugged into the router as a [`Module`] with a hosted domain.
+//!
+//! ```text
+//! router ─ handle_hosted(stanza to conference.<domain>) ─ Muc ─┬─ service JID: disco (§6.1–§6.3)
+//!                                                              └─ room JID / room/nick ─ lock room ─ Room (sans-IO)
+//!                                                                   └─ Outcome: stanzas routed in order, store writes
+//! ```
+//!
+//! Rooms live in memory, one `tokio::sync::Mutex` each: a room's events are decided and
+//! routed under its lock, so every occupant sees them in one order, and rooms never wait for
+//! each other. Persistent rooms' configuration and affiliations go through
+//! [`RoomStore`] and are loaded at start ([`Muc::load`]); occupants and history are not
+//! persisted (history is an in-memory ring of `history_max` messages per room).
+//!
+//! **Re-entrancy.** Routing a room's output can come straight back to the room on the same
+//! task while its lock is held: a bounce for an occupant whose session just vanished, or the
+//! server's own answer to a vCard request the room forwarded to an account. A task-local
+//! marks "this task is routing for room R"; stanzas for R arriving under it are queued and
+//! handled once R's lock is released, instead of deadlocking on it.
+//!
+//! Several sessions of one account may share a nick (the others see one occupant; a
+//! session that leaves while another stays is not announced; such a session cannot change
+//! the shared nick alone).
+//!
+//! Not yet: durable archiving and MAM on rooms (the seam is [`room::Outcome::accepted`]),
+//! voice requests (§7.13), registration (§7.10), reserved nicks, `roomadmins`/`roomowners`
+//! form fields, kicking occupants whose client answers with an error.
+
+pub mod model;
+pub mod ns;
+pub mod room;
+
+use async_trait::async_trait;
+use confab_core::stanza::element;
+use confab_core::store::{RoomStore, StoreError};
+use confab_core::{BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind};
+use confab_router::{Module, Router};
+use confab_sessions::Resource;
+use model::{Affiliation, RoomConfig};
+use room::{Effect, Outcome, Room};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// The room whose output a task is routing, and stanzas for that room that arrived meanwhile
+/// (see the crate docs on re-entrancy).
+struct Routing {
+    room: BareJid,
+    deferred: RefCell<Vec<Stanza>>,
+}
+
+tokio::task_local! {
+    static ROUTING: Routing;
+}
+
+/// The `name` of the service's disco identity.
+const SERVICE_NAME: &str = "Chatrooms";
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MucError {
+    /// The configured service domain is not a valid XMPP domain.
+    #[error("invalid MUC domain {0:?}")]
+    InvalidDomain(String),
+    /// Persistent rooms could not be loaded.
+    #[error("loading persistent rooms: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The conference service.
+pub struct Muc {
+    /// `conference.<domain>`.
+    domain: BareJid,
+    /// Messages kept per room for new occupants.
+    history_max: usize,
+    store: Arc<dyn RoomStore>,
+    /// Live rooms by bare JID. The map lock is held only to look up, insert or remove.
+    rooms: parking_lot::Mutex<HashMap<BareJid, Arc<Mutex<Room>>>>,
+    /// The rooms each session joined, so a session that ends leaves them without a scan of
+    /// every room. May hold rooms the session already left (kicks do not update it); leaving
+    /// a room one is not in does nothing.
+    joined: parking_lot::Mutex<HashMap<FullJid, HashSet<BareJid>>>,
+}
+
+impl std::fmt::Debug for Muc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Muc")
+            .field("domain", &self.domain)
+            .field("rooms", &self.rooms.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Muc {
+    /// Creates the service on `domain` and loads its persistent rooms from `store`.
+    pub async fn load(
+        domain: &str,
+        history_max: usize,
+        store: Arc<dyn RoomStore>,
+    ) -> Result<Self, MucError> {
+        let domain = BareJid::new(domain)
+            .ok()
+            .filter(|d| d.node().is_none())
+            .ok_or_else(|| MucError::InvalidDomain(domain.to_owned()))?;
+        let mut rooms = HashMap::new();
+        for stored in store.rooms().await? {
+            let Ok(jid) = BareJid::new(&stored.room) else {
+                tracing::warn!(room = %stored.room, "stored room with an invalid JID skipped");
+                continue;
+            };
+            let config: RoomConfig = match serde_json::from_str(&stored.config) {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::warn!(room = %jid, %error, "stored room configuration unreadable; skipped");
+                    continue;
+                }
+            };
+            let affiliations = store
+                .affiliations(&stored.room)
+                .await?
+                .into_iter()
+                .filter_map(|(jid, a)| Some((BareJid::new(&jid).ok()?, Affiliation::parse(&a)?)))
+                .collect();
+            let room = Room::restore(jid.clone(), config, affiliations, history_max);
+            rooms.insert(jid, Arc::new(Mutex::new(room)));
+        }
+        tracing::info!(domain = %domain, rooms = rooms.len(), "conference service ready");
+        Ok(Self {
+            domain,
+            history_max,
+            store,
+            rooms: parking_lot::Mutex::new(rooms),
+            joined: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Handles a stanza for a room (its bare JID or an occupant's `room/nick`).
+    async fn to_room(&self, router: &Router, stanza: Stanza, from: Jid, to: Jid) {
+        let room_jid = to.to_bare();
+        // Our own routing came back to this room (see the crate docs): handle it after the
+        // room's lock is released.
+        let deferred = ROUTING
+            .try_with(|routing| {
+                let ours = routing.room == room_jid;
+                if ours {
+                    routing.deferred.borrow_mut().push(stanza.clone());
+                }
+                ours
+            })
+            .unwrap_or(false);
+        if deferred {
+            return;
+        }
+        let answer = stanza.kind == StanzaKind::Iq
+            && matches!(stanza.type_attr(), Some("result" | "error"))
+            && to.resource().is_some();
+        // Only answers to forwarded IQs may come from a bare JID (the server answering a
+        // vCard request for an account); everything else comes from a session.
+        let full = from.clone().try_into_full().ok();
+        if full.is_none() && !answer {
+            tracing::debug!(%from, room = %room_jid, "stanza to a room without a full sender dropped");
+            return;
+        }
+        // A room removed between lookup and lock is looked up again; twice is plenty, since
+        // a removal needs the lock we then hold.
+        for _ in 0..3 {
+            let handle = match &full {
+                Some(full) => self.room_for(&stanza, full, &to, &room_jid),
+                None => self.rooms.lock().get(&room_jid).cloned(),
+            };
+            let Some(handle) = handle else {
+                self.no_such_room(router, &stanza).await;
+                return;
+            };
+            let mut room = handle.lock().await;
+            if room.gone {
+                continue;
+            }
+            let outcome = match (stanza.kind, to.try_as_full(), &full) {
+                (StanzaKind::Iq, Ok(_), _) if answer => room.iq_response(&stanza, &from),
+                (_, _, None) => return,
+                (StanzaKind::Presence, Ok(occupant), Some(from)) => {
+                    let outcome = room.presence(&stanza, from, occupant);
+                    self.note_membership(&room, from);
+                    outcome
+                }
+                // §7.2 ("no nickname specified"): presence to the bare room JID is
+                // jid-malformed.
+                (StanzaKind::Presence, Err(_), Some(_)) => {
+                    if stanza.type_attr().is_none() {
+                        router
+                            .bounce(&stanza, StanzaErrorCondition::JidMalformed)
+                            .await;
+                    }
+                    return;
+                }
+                (StanzaKind::Message, Err(_), Some(from)) => room.message(&stanza, from),
+                (StanzaKind::Iq, Err(_), Some(from)) => {
+                    if !matches!(stanza.type_attr(), Some("get" | "set")) {
+                        return;
+                    }
+                    room.iq(&stanza, from)
+                }
+                (_, Ok(occupant), Some(from)) => {
+                    let nick = occupant.resource().as_str().to_owned();
+                    room.to_occupant(&stanza, from, &nick)
+                }
+            };
+            let deferred = self.finish(router, &mut room, outcome).await;
+            drop(room);
+            self.handle_deferred(router, deferred).await;
+            return;
+        }
+    }
+
+    /// Handles stanzas that came back to a room while it was routing.
+    async fn handle_deferred(&self, router: &Router, deferred: Vec<Stanza>) {
+        for stanza in deferred {
+            // Through the boxed trait method: this recursion needs a boxed future.
+            self.handle_hosted(router, stanza).await;
+        }
+    }
+
+    /// The live room, or a new one when an available presence creates it (§10.1.1).
+    fn room_for(
+        &self,
+        stanza: &Stanza,
+        from: &FullJid,
+        to: &Jid,
+        room_jid: &BareJid,
+    ) -> Option<Arc<Mutex<Room>>> {
+        let mut rooms = self.rooms.lock();
+        if let Some(room) = rooms.get(room_jid) {
+            return Some(room.clone());
+        }
+        let creates = stanza.kind == StanzaKind::Presence
+            && stanza.type_attr().is_none()
+            && to.resource().is_some();
+        if !creates {
+            return None;
+        }
+        // §10.1.2: a client that does not speak MUC (no `<x/>`) gets an instant room; one
+        // that does gets a locked room it must configure or accept.
+        let instant = !stanza.element.has_child("x", ns::MUC);
+        let room = Arc::new(Mutex::new(Room::create(
+            room_jid.clone(),
+            from.to_bare(),
+            instant,
+            self.history_max,
+        )));
+        rooms.insert(room_jid.clone(), room.clone());
+        tracing::debug!(room = %room_jid, creator = %from, "room created");
+        Some(room)
+    }
+
+    async fn no_such_room(&self, router: &Router, stanza: &Stanza) {
+        // §7.2 and XEP-0410: a room that does not exist is item-not-found; presence that
+        // does not create one (unavailable) and errors get no answer.
+        let answer = match stanza.kind {
+            StanzaKind::Presence => false,
+            StanzaKind::Iq => matches!(stanza.type_attr(), Some("get" | "set")),
+            StanzaKind::Message => !stanza.is_error(),
+        };
+        if answer {
+            router
+                .bounce(stanza, StanzaErrorCondition::ItemNotFound)
+                .await;
+        }
+    }
+
+    fn note_membership(&self, room: &Room, from: &FullJid) {
+        let mut joined = self.joined.lock();
+        if room.has_occupant(from) {
+            joined
+                .entry(from.clone())
+                .or_default()
+                .insert(room.jid.clone());
+        } else if let Some(rooms) = joined.get_mut(from) {
+            rooms.remove(&room.jid);
+            if rooms.is_empty() {
+                joined.remove(from);
+            }
+        }
+    }
+
+    /// Writes what the room asked to store, routes its stanzas (under the room's lock, in
+    /// order) and forgets the room when it is gone or empty and temporary. Returns the
+    /// stanzas for this room that routing produced, to handle once the lock is released.
+    async fn finish(&self, router: &Router, room: &mut Room, outcome: Outcome) -> Vec<Stanza> {
+        self.persist(room, &outcome.effects).await;
+        if let Some(message) = &outcome.accepted {
+            self.accepted(room, message);
+        }
+        let room_jid = room.jid.clone();
+        let routing = Routing {
+            room: room_jid.clone(),
+            deferred: RefCell::new(Vec::new()),
+        };
+        let deferred = ROUTING
+            .scope(routing, async {
+                for stanza in outcome.stanzas {
+                    router.route(stanza).await;
+                }
+                ROUTING.with(|routing| routing.deferred.take())
+            })
+            .await;
+        // §10.1.1: a temporary room is destroyed when its last occupant leaves (a locked
+        // room its creator left unconfigured too, or it would stay locked for ever).
+        if room.is_empty() && !room.config.persistent {
+            room.gone = true;
+        }
+        if room.gone {
+            self.rooms.lock().remove(&room_jid);
+            tracing::debug!(room = %room_jid, "room removed");
+        }
+        deferred
+    }
+
+    /// The seam where a group message was accepted for broadcast: the next increment commits
+    /// it to the room's archive here (durable history and MAM on the room).
+    fn accepted(&self, room: &Room, message: &Element) {
+        tracing::trace!(room = %room.jid, id = ?message.attr("id"), "group message accepted");
+    }
+
+    /// Applies a room's storage writes. A failure is logged and the in-memory room keeps the
+    /// change: occupants already saw it, and the next save of the room writes it again.
+    async fn persist(&self, room: &Room, effects: &[Effect]) {
+        let jid = room.jid.as_str();
+        for effect in effects {
+            let result = match effect {
+                Effect::Save { all } => self.save(room, *all).await,
+                Effect::SetAffiliation(who, affiliation) => {
+                    let value = (*affiliation != Affiliation::None).then(|| affiliation.as_str());
+                    self.store.set_affiliation(jid, who.as_str(), value).await
+                }
+                Effect::Delete => match self.store.delete_room(jid).await {
+                    Err(StoreError::NotFound) => Ok(()),
+                    other => other,
+                },
+            };
+            if let Err(error) = result {
+                tracing::warn!(room = %jid, %error, "room not stored");
+            }
+        }
+    }
+
+    async fn save(&self, room: &Room, all: bool) -> Result<(), StoreError> {
+        let config = serde_json::to_string(&room.config)
+            .map_err(|e| StoreError::Unavailable(format!("serializing room config: {e}")))?;
+        let jid = room.jid.as_str();
+        self.store.put_room(jid, &config).await?;
+        if all {
+            for (who, affiliation) in room.affiliations() {
+                self.store
+                    .set_affiliation(jid, who.as_str(), Some(affiliation.as_str()))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A stanza to the service's own JID: disco (§6.1–§6.3).
+    async fn to_service(&self, router: &Router, stanza: Stanza) {
+        if stanza.kind != StanzaKind::Iq {
+            if stanza.kind == StanzaKind::Message && !stanza.is_error() {
+                router
+                    .bounce(&stanza, StanzaErrorCondition::ServiceUnavailable)
+                    .await;
+            }
+            return;
+        }
+        if !matches!(stanza.type_attr(), Some("get" | "set")) {
+            return;
+        }
+        let payload = stanza.payload();
+        let get = stanza.type_attr() == Some("get");
+        let reply = match payload.map(|p| p.ns()) {
+            Some(namespace) if get && namespace == ns::DISCO_INFO => self.service_info(),
+            Some(namespace) if get && namespace == ns::DISCO_ITEMS => self.service_items().await,
+            Some(namespace) if get && namespace == ns::PING => {
+                router.route(stanza.iq_result(None)).await;
+                return;
+            }
+            _ => {
+                router
+                    .bounce(&stanza, StanzaErrorCondition::ServiceUnavailable)
+                    .await;
+                return;
+            }
+        };
+        router.route(stanza.iq_result(Some(reply))).await;
+    }
+
+    fn service_info(&self) -> Element {
+        let mut query = Element::bare("query", ns::DISCO_INFO);
+        query.append_child(element(
+            "identity",
+            ns::DISCO_INFO,
+            &[
+                ("category", "conference"),
+                ("type", "text"),
+                ("name", SERVICE_NAME),
+            ],
+        ));
+        for feature in [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::MUC, ns::PING] {
+            query.append_child(element("feature", ns::DISCO_INFO, &[("var", feature)]));
+        }
+        query
+    }
+
+    /// §6.3: public rooms.
+    async fn service_items(&self) -> Element {
+        let handles: Vec<Arc<Mutex<Room>>> = self.rooms.lock().values().cloned().collect();
+        let mut items = Vec::new();
+        for handle in handles {
+            let room = handle.lock().await;
+            if room.listed() && !room.gone {
+                let name = match room.config.name.as_str() {
+                    "" => room.jid.node().map(|n| n.as_str().to_owned()),
+                    name => Some(name.to_owned()),
+                };
+                items.push((room.jid.to_string(), name));
+            }
+        }
+        items.sort();
+        let mut query = Element::bare("query", ns::DISCO_ITEMS);
+        for (jid, name) in items {
+            let mut attrs = vec![("jid", jid.as_str())];
+            if let Some(name) = &name {
+                attrs.push(("name", name));
+            }
+            query.append_child(element("item", ns::DISCO_ITEMS, &attrs));
+        }
+        query
+    }
+}
+
+#[async_trait]
+impl Module for Muc {
+    fn name(&self) -> &'static str {
+        "muc"
+    }
+
+    fn hosted_domains(&self) -> Vec<String> {
+        vec![self.domain.to_string()]
+    }
+
+    async fn handle_hosted(&self, router: &Router, stanza: Stanza) {
+        let Some(to) = stanza.to.clone() else { return };
+        // The router only hands us stanzas from local sessions (full JIDs) or the server's
+        // answers on an account's behalf (bare JIDs).
+        let Some(from) = stanza.from.clone() else {
+            return;
+        };
+        if to.node().is_none() {
+            if to.resource().is_none() {
+                self.to_service(router, stanza).await;
+            } else if !stanza.is_error() {
+                router
+                    .bounce(&stanza, StanzaErrorCondition::ItemNotFound)
+                    .await;
+            }
+            return;
+        }
+        self.to_room(router, stanza, from, to).await;
+    }
+
+    async fn on_session_closed(&self, router: &Router, resource: &Arc<Resource>) {
+        // Usually empty by now: the presence module sends unavailable presence to every room
+        // the session sent presence to. This catches the rest.
+        let rooms = self.joined.lock().remove(&resource.jid);
+        for room_jid in rooms.into_iter().flatten() {
+            let handle = self.rooms.lock().get(&room_jid).cloned();
+            let Some(handle) = handle else { continue };
+            let mut room = handle.lock().await;
+            if room.gone {
+                continue;
+            }
+            let outcome = room.leave(&resource.jid, None);
+            let deferred = self.finish(router, &mut room, outcome).await;
+            drop(room);
+            self.handle_deferred(router, deferred).await;
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Namespaces of XEP-0045 and the core ones the room uses, in one place.
+
+pub use confab_core::ns::{CLIENT, DATA_FORMS, DELAY, DISCO_INFO, DISCO_ITEMS, PING, VCARD};
+
+/// XEP-0045 §19.1: the join extension (`<x/>` in presence to a room).
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+/// XEP-0045 §19.2: occupant information in presence and messages.
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0045 §19.3: moderator and admin use cases.
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+/// XEP-0045 §19.4: owner use cases.
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// XEP-0045 §15.5.3: the room configuration form's FORM_TYPE.
+pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+/// XEP-0045 §15.5.4: the room information form's FORM_TYPE.
+pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
