@@ -8,6 +8,7 @@ pub mod apps;
 pub mod archive;
 pub mod client_view;
 pub mod error;
+pub mod jids;
 pub mod metrics;
 pub mod ns;
 pub mod stanza;

@@ -23,6 +23,7 @@
 
 use crate::store_error;
 use async_trait::async_trait;
+use confab_core::jids;
 use confab_core::stanza::element;
 use confab_core::store::StoreError;
 use confab_core::{
@@ -59,11 +60,11 @@ impl Blocklist {
             return true;
         }
         // user@domain matches every resource of it.
-        if jid.node().is_some() && jid.resource().is_some() {
-            let bare = jid.to_bare();
-            if self.items.contains(bare.as_str()) {
-                return true;
-            }
+        if jid.node().is_some()
+            && jid.resource().is_some()
+            && self.items.contains(jids::bare_str(jid))
+        {
+            return true;
         }
         // A domain matches everything at it and at its subdomains.
         let mut domain = jid.domain().as_str();
@@ -414,10 +415,10 @@ impl Module for Blocking {
             // Addressed to the sender's own account.
             return Flow::Continue;
         };
-        let user = origin.jid.to_bare();
-        if to.to_bare() == user || router.is_server(&to) {
+        if jids::same_bare(&to, &origin.jid) || router.is_server(&to) {
             return Flow::Continue;
         }
+        let user = jids::bare(&origin.jid);
         // Presence, errors and IQ results are never answered with an error (RFC 6120
         // §8.2.3, §8.3.1; XEP-0191 §3.3 for presence): those are dropped without a word.
         let silent = match stanza.kind {
@@ -479,11 +480,11 @@ impl Module for Blocking {
         if !router.is_local_account(&to) || router.is_server(&from) {
             return Flow::Continue;
         }
-        let recipient = to.to_bare();
-        if from.to_bare() == recipient {
+        if jids::same_bare(&from, &to) {
             // Between an account's own resources.
             return Flow::Continue;
         }
+        let recipient = jids::bare(&to);
         // Plain presence to an account without sessions reaches nobody; skip the lookup so
         // presence broadcasts to offline contacts do not cost a query each.
         let undeliverable_presence = stanza.kind == StanzaKind::Presence

@@ -5,7 +5,7 @@
 //! here and posts into its mailbox; the owning connection task drains it. This crate holds no
 //! protocol logic beyond RFC 6121 §8.5.2.1.1's choice of "most available" resources.
 
-use confab_core::{BareJid, Element, FullJid, Jid, Stanza, StreamErrorCondition};
+use confab_core::{BareJid, Element, FullJid, Jid, Stanza, StreamErrorCondition, jids};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -336,7 +336,7 @@ impl SessionManager {
     /// Registers a resource. If the same full JID was bound already, the old session is
     /// removed and returned so the caller can close it with `conflict` (RFC 6120 §7.7.2.2).
     pub fn bind(&self, resource: Arc<Resource>) -> Option<Arc<Resource>> {
-        let bare = resource.jid.to_bare();
+        let bare = jids::bare(&resource.jid);
         let mut shard = self.shard(&bare).write();
         let list = shard.entry(bare).or_default();
         let replaced = list
@@ -352,7 +352,7 @@ impl SessionManager {
 
     /// Removes a session if it is still the one bound to its JID. Returns whether it was.
     pub fn unbind(&self, resource: &Resource) -> bool {
-        let bare = resource.jid.to_bare();
+        let bare = jids::bare(&resource.jid);
         let mut shard = self.shard(&bare).write();
         let Some(list) = shard.get_mut(&bare) else {
             return false;
@@ -391,7 +391,7 @@ impl SessionManager {
 
     /// The session bound to a full JID.
     pub fn get(&self, full: &FullJid) -> Option<Arc<Resource>> {
-        let bare = full.to_bare();
+        let bare = jids::bare(full);
         self.shard(&bare)
             .read()
             .get(&bare)?
