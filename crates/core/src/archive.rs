@@ -214,6 +214,13 @@ pub fn direct_conversation(a: &BareJid, b: &BareJid) -> String {
     format!("{low} {high}")
 }
 
+/// The conversation key of a group chat room: `group:` and the room's bare JID. No space, so
+/// it never looks like a [`direct_conversation`] pair (the store keeps one-to-one archives
+/// and conversation lists to keys with a space).
+pub fn group_conversation(room: &BareJid) -> String {
+    format!("group:{room}")
+}
+
 /// A fresh server id: a UUIDv7 (RFC 9562 §5.7) in its hyphenated lowercase form. Ids made by
 /// one process sort in creation order, as text too, which keeps archive indexes append-mostly.
 pub fn new_server_id() -> String {
@@ -258,6 +265,17 @@ pub trait ArchiveStore: Send + Sync {
     /// `before_id` names no message of the owner's archive (purged, foreign or made up).
     async fn query_archive(&self, query: &ArchiveQuery) -> StoreResult<ArchivePage>;
 
+    /// One page of a single conversation (a group chat room's archive, XEP-0313 §5), ordered
+    /// by sequence, which is server id order within a conversation. Of `query` it honours
+    /// `with` (the sender's bare JID), `start_ms`, `end_ms`, `after_id`, `before_id`, `ids`,
+    /// `page`, `limit` and `count`; `owner`, `exclude` and `only` are ignored. `NotFound` when
+    /// a cursor names no message of this conversation.
+    async fn query_conversation(
+        &self,
+        conversation: &str,
+        query: &ArchiveQuery,
+    ) -> StoreResult<ArchivePage>;
+
     /// The owner's archiving preferences; the defaults (`always`, empty lists) if never set.
     async fn archive_prefs(&self, owner: &str) -> StoreResult<ArchivePrefs>;
 
@@ -284,6 +302,13 @@ mod tests {
             direct_conversation(&bare("alice@x"), &bare("alice@x")),
             "alice@x alice@x"
         );
+    }
+
+    #[test]
+    fn group_conversations_are_not_pairs() {
+        let group = group_conversation(&bare("room@conference.x"));
+        assert_eq!(group, "group:room@conference.x");
+        assert!(!group.contains(' '));
     }
 
     #[test]

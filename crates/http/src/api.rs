@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use confab_core::BareJid;
-use confab_core::archive::{ArchivedMessage, direct_conversation};
+use confab_core::archive::{ArchivedMessage, direct_conversation, group_conversation};
 use confab_core::store::{Store, StoreError, TokenInfo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -60,8 +60,11 @@ pub struct ApiState {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
-    /// The other party's bare JID.
+    /// The other party's bare JID (a one-to-one conversation).
     pub with: Option<String>,
+    /// A group chat room's bare JID instead of `with`: the room's archive, for those the
+    /// room's affiliation rules let in.
+    pub group: Option<String>,
     /// Only messages with a higher sequence number (page forward).
     pub after_seq: Option<u64>,
     /// Only messages with a lower sequence number (page backward).
@@ -254,6 +257,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// `GET /api/v1/history?with=JID[&after_seq=N|&before_seq=N][&limit=N]`: one page of the
 /// caller's conversation with `with`. Without bounds it returns the latest page; with
 /// `before_seq` the page just before it; with `after_seq` the page just after it.
+/// `group=ROOM` instead of `with` pages the same way through a group chat room's archive,
+/// if the room would let the caller read it (members-only rooms: members).
 #[utoipa::path(
     get,
     path = "/api/v1/history",
@@ -264,7 +269,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         (status = 200, description = "One page, lowest sequence first", body = HistoryPage),
         (status = 400, description = "`bad_request`: missing or invalid parameter", body = crate::ErrorBody),
         (status = 401, description = "`unauthorized`: missing, unknown, expired or revoked token", body = crate::ErrorBody),
-        (status = 404, description = "`not_found`: the client API is not enabled", body = crate::ErrorBody),
+        (status = 403, description = "`forbidden`: the room does not let the caller read its archive", body = crate::ErrorBody),
+        (status = 404, description = "`not_found`: the client API is not enabled; `group_not_found`: no such room", body = crate::ErrorBody),
         (status = 503, description = "`storage_unavailable`: retry later", body = crate::ErrorBody),
     )
 )]
@@ -272,13 +278,29 @@ pub async fn history(
     Authenticated { api, caller }: Authenticated,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    let Some(with) = query.with.as_deref() else {
-        return Err(BadRequest("query parameter 'with' (a bare JID) is required".into()).into());
+    let (with, conversation) = match (query.with.as_deref(), query.group.as_deref()) {
+        (Some(with), None) => {
+            let with = BareJid::new(with)
+                .map_err(|_| BadRequest(format!("'with' is not a valid JID: {with:?}")))?;
+            let conversation = direct_conversation(&caller.owner, &with);
+            (with, conversation)
+        }
+        (None, Some(group)) => {
+            let room = BareJid::new(group)
+                .map_err(|_| BadRequest(format!("'group' is not a valid JID: {group:?}")))?;
+            authorise_group(&api, &caller, &room).await?;
+            let conversation = group_conversation(&room);
+            (room, conversation)
+        }
+        _ => {
+            return Err(BadRequest(
+                "exactly one of the query parameters 'with' and 'group' (a bare JID) is required"
+                    .into(),
+            )
+            .into());
+        }
     };
-    let with = BareJid::new(with)
-        .map_err(|_| BadRequest(format!("'with' is not a valid JID: {with:?}")))?;
     let limit = page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let conversation = direct_conversation(&caller.owner, &with);
     let last_seq = api.store.last_seq(&conversation).await?;
     // Sequences are gap-free, so "the page before N" is the range (N - limit - 1, N).
     let (after, before) = match (query.after_seq, query.before_seq) {
@@ -296,6 +318,29 @@ pub async fn history(
         messages: messages.into_iter().map(HistoryItem::from).collect(),
     })
     .into_response())
+}
+
+/// Lets the caller read `room`'s archive or says why not: `404 group_not_found` when no
+/// room by that JID exists (or the server has no group chat), `403 forbidden` when the
+/// room's rules keep the caller out.
+async fn authorise_group(api: &ApiState, caller: &Caller, room: &BareJid) -> Result<(), ApiError> {
+    let verdict = match &api.actions {
+        Some(actions) => actions.may_read_group(caller, room).await,
+        None => None,
+    };
+    match verdict {
+        Some(true) => Ok(()),
+        Some(false) => Err(ApiError::from(error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the room does not let you read its archive".into(),
+        ))),
+        None => Err(ApiError::from(error_response(
+            StatusCode::NOT_FOUND,
+            "group_not_found",
+            format!("no group chat room {room}"),
+        ))),
+    }
 }
 
 /// `503 storage_unavailable`, logging the cause (never shown to the client).

@@ -29,4 +29,4 @@ mod writer;
 pub use mam::MamModule;
 pub use module::LogModule;
 pub use submit::{CommitOutcome, capture_commit};
-pub use writer::{LogConfig, LogStats, MessageLog};
+pub use writer::{LogConfig, LogStats, MessageLog, PendingCommit};

@@ -70,7 +70,7 @@ impl MamModule {
 }
 
 /// Why a request is refused; boxed, since a `StanzaError` is large and errors are rare.
-type Refusal = Box<StanzaError>;
+pub type Refusal = Box<StanzaError>;
 
 fn bad_request(text: &str) -> Refusal {
     Box::new(StanzaError::new(StanzaErrorCondition::BadRequest).with_text(text))
@@ -82,7 +82,8 @@ fn jid_malformed() -> Refusal {
     )
 }
 
-fn store_error(error: &StoreError) -> StanzaError {
+/// The error a query gets when the archive could not answer it.
+pub fn store_error(error: &StoreError) -> StanzaError {
     match error {
         StoreError::NotFound => StanzaError::new(StanzaErrorCondition::ItemNotFound)
             .with_text("no such message in this archive"),
@@ -96,10 +97,13 @@ fn store_error(error: &StoreError) -> StanzaError {
 
 /// What a `<query/>` asked for, before preferences are applied.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Request {
-    query_id: Option<String>,
-    query: ArchiveQuery,
-    flip: bool,
+pub struct Request {
+    /// The client's `queryid`, echoed in every result.
+    pub query_id: Option<String>,
+    /// The filters and the page asked for.
+    pub query: ArchiveQuery,
+    /// XEP-0313 `<flip-page/>`: the page's messages in reverse order.
+    pub flip: bool,
 }
 
 /// The single value of a form field (an absent `<value/>` counts as empty).
@@ -223,8 +227,8 @@ fn apply_rsm(set: &Element, query: &mut ArchiveQuery) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Parses a `<query/>` (of an IQ `set`) over `owner`'s archive.
-fn parse_query(owner: &BareJid, payload: &Element) -> Result<Request, Refusal> {
+/// Parses a `<query/>` (of an IQ `set`) over `owner`'s archive (an account's, or a room's).
+pub fn parse_query(owner: &BareJid, payload: &Element) -> Result<Request, Refusal> {
     let mut request = Request {
         query_id: payload.attr("queryid").map(str::to_owned),
         query: ArchiveQuery {
@@ -251,7 +255,7 @@ fn parse_query(owner: &BareJid, payload: &Element) -> Result<Request, Refusal> {
 }
 
 /// The form a client fills (XEP-0313 §4.1.5 of v1.1, "Retrieving form fields").
-fn query_form() -> Element {
+pub fn query_form() -> Element {
     let field =
         |var: &str, kind: &str| element("field", ns::DATA_FORMS, &[("var", var), ("type", kind)]);
     let mut form_type = field("FORM_TYPE", "hidden");
@@ -301,8 +305,8 @@ async fn apply_prefs(
     Ok(())
 }
 
-/// The `<message/>` carrying one result to the querying resource.
-fn result_message(
+/// The `<message/>` carrying one result to the querying resource, from the archive `owner`.
+pub fn result_message(
     owner: &BareJid,
     to: &str,
     query_id: Option<&str>,
@@ -336,7 +340,7 @@ fn result_message(
 }
 
 /// The `<fin/>` closing a query.
-fn fin(page: &ArchivePage, flip: bool) -> Element {
+pub fn fin(page: &ArchivePage, flip: bool) -> Element {
     let mut set = element("set", RSM, &[]);
     let (first, last) = if flip {
         (page.last_id(), page.first_id())

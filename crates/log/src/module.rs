@@ -36,15 +36,22 @@ const MARKERS: &str = "urn:xmpp:chat-markers:0";
 /// the sender, before the router delivers anything.
 #[derive(Debug)]
 pub struct LogModule {
-    log: MessageLog,
+    /// Shared with the group chat service, whose messages take the same writer.
+    log: Arc<MessageLog>,
 }
 
 impl LogModule {
     /// Starts the message log over `store` (see [`MessageLog::new`]).
     pub fn new(store: Arc<dyn Store>, config: LogConfig) -> Self {
         Self {
-            log: MessageLog::new(store, config),
+            log: Arc::new(MessageLog::new(store, config)),
         }
+    }
+
+    /// A handle to the same writer, for other committers (group chat rooms): one queue and
+    /// one batch for every message, whoever commits it.
+    pub fn shared_log(&self) -> Arc<MessageLog> {
+        self.log.clone()
     }
 
     /// The batching writer behind the hook.

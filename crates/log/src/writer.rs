@@ -155,6 +155,26 @@ impl MessageLog {
         outcome.await.map_err(|_| stopped())?
     }
 
+    /// Queues the message `build` makes, like [`MessageLog::commit`], but returns as soon as
+    /// it is queued, with the commit still to come. For committers that must fix their order
+    /// under a lock of their own (a group chat room) without holding that lock through the
+    /// commit: what is queued first is committed first, and its [`PendingCommit`] resolves
+    /// no later than those of messages queued after it.
+    pub async fn submit(
+        &self,
+        build: impl FnOnce(String) -> NewMessage,
+    ) -> Result<PendingCommit, StoreError> {
+        let permit = self.requests.reserve().await.map_err(|_| stopped())?;
+        let (reply, outcome) = oneshot::channel();
+        {
+            // As in `commit`: the id and the place in the queue are taken together.
+            let _order = self.order.lock();
+            let message = build(new_server_id());
+            permit.send(Request { message, reply });
+        }
+        Ok(PendingCommit { outcome })
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> &LogStats {
         &self.stats
@@ -166,6 +186,20 @@ impl Drop for MessageLog {
         if let Some(purger) = self.purger.take() {
             purger.abort();
         }
+    }
+}
+
+/// A message [`MessageLog::submit`] queued, whose commit is still to come.
+#[derive(Debug)]
+pub struct PendingCommit {
+    outcome: oneshot::Receiver<StoreResult<CommitReceipt>>,
+}
+
+impl PendingCommit {
+    /// Waits for the commit: the receipt (the original one for a duplicate) or why the
+    /// batch failed.
+    pub async fn committed(self) -> Result<CommitReceipt, StoreError> {
+        self.outcome.await.map_err(|_| stopped())?
     }
 }
 

@@ -10,8 +10,33 @@
 //! Rooms live in memory, one `tokio::sync::Mutex` each: a room's events are decided and
 //! routed under its lock, so every occupant sees them in one order, and rooms never wait for
 //! each other. Persistent rooms' configuration and affiliations go through
-//! [`RoomStore`] and are loaded at start ([`Muc::load`]); occupants and history are not
-//! persisted (history is an in-memory ring of `history_max` messages per room).
+//! [`RoomStore`] and are loaded at start ([`Muc::load`]); occupants are not persisted.
+//!
+//! **Durable path** ([`Muc::with_archive`]). A groupchat message the room accepts is
+//! committed through the message log's writer (the same queue and batches as one-to-one
+//! chat) to the conversation `group:<room>`, sender the occupant's real bare JID, recipient
+//! the room, with the room's XEP-0359 `<stanza-id by='room'/>` in the stored copy, *before*
+//! it is broadcast. The sender then gets the `urn:confab:ack:0` receipt (`with` the room,
+//! `seq` the room's sequence); a resend of a client id the sender already used in the room
+//! gets the original receipt and is not broadcast again; a failed commit is a `wait` error
+//! and nothing is broadcast.
+//!
+//! Ordering: the room's lock is held only to decide and to queue the commit
+//! ([`MessageLog::submit`]), not through it. Queueing under the lock makes queue order, and
+//! so the room's sequence, the order the room accepted messages in; each queued message also
+//! takes the room's *broadcast turn* (a oneshot chain: it waits until the message queued
+//! before it was broadcast, or its task ended). After its commit and its turn, a message
+//! takes the lock again, the sender gets the receipt, and the copies go to whoever is in the
+//! room at that moment. So broadcasts follow the sequence, several of one room's messages
+//! share a batch, and joins and presence are not held up by a commit in flight. A joiner
+//! never misses nor doubles a message: history holds only broadcast messages, and one
+//! committed but not yet broadcast is broadcast to it as an occupant.
+//!
+//! History: the in-memory ring of `history_max` messages stays, as a cache of the archive's
+//! tail: it only ever holds committed messages (as broadcast, with their stanza-id and
+//! commit time), and persistent rooms refill it from the archive at start, so history on join
+//! survives a restart without a store read per join. XEP-0313 queries on the room JID read
+//! the archive itself.
 //!
 //! **Re-entrancy.** Routing a room's output can come straight back to the room on the same
 //! task while its lock is held: a bounce for an occupant whose session just vanished, or the
@@ -23,8 +48,7 @@
 //! session that leaves while another stays is not announced; such a session cannot change
 //! the shared nick alone).
 //!
-//! Not yet: durable archiving and MAM on rooms (the seam is [`room::Outcome::accepted`]),
-//! voice requests (§7.13), registration (§7.10), reserved nicks, `roomadmins`/`roomowners`
+//! Not yet: MAM preferences on rooms, voice requests (§7.13), registration (§7.10), reserved nicks, `roomadmins`/`roomowners`
 //! form fields, kicking occupants whose client answers with an error.
 
 pub mod model;
@@ -32,9 +56,16 @@ pub mod ns;
 pub mod room;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use confab_core::archive::{ArchiveStore, NewMessage, group_conversation};
 use confab_core::stanza::element;
 use confab_core::store::{RoomStore, StoreError};
-use confab_core::{BareJid, Element, FullJid, Jid, Stanza, StanzaErrorCondition, StanzaKind};
+use confab_core::{
+    BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType,
+    StanzaKind,
+};
+use confab_log::receipt::{self, Receipt};
+use confab_log::{MessageLog, PendingCommit};
 use confab_router::{Module, Router};
 use confab_sessions::Resource;
 use model::{Affiliation, RoomConfig};
@@ -42,7 +73,7 @@ use room::{Effect, Outcome, Room};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 /// The room whose output a task is routing, and stanzas for that room that arrived meanwhile
 /// (see the crate docs on re-entrancy).
@@ -69,6 +100,50 @@ pub enum MucError {
     Store(#[from] StoreError),
 }
 
+/// A groupchat message queued for commit, between the room's two turns with it (see
+/// [`Muc::broadcast_committed`]).
+struct Committing {
+    /// The commit in flight.
+    pending: PendingCommit,
+    /// Resolves (or is dropped) once the message accepted before this one was broadcast.
+    previous: Option<oneshot::Receiver<()>>,
+    /// Dropped once this message was broadcast: the next message's turn.
+    done: oneshot::Sender<()>,
+    /// The message as it will be broadcast, with the room's stanza-id.
+    message: Element,
+    /// The client id it was recognised by, for the receipt.
+    client_id: Option<String>,
+    /// The session that sent it.
+    sender: FullJid,
+}
+
+/// The error a sender gets when its group message could not be committed: nothing was
+/// stored and nothing is broadcast; a resend later may succeed (RFC 6120 §8.3.2 `wait`).
+fn commit_failed(room: &str, stanza: &Stanza, sender: &str, error: &StoreError) -> Vec<Stanza> {
+    tracing::warn!(%room, %error, %sender, "group message not committed; sender told to retry");
+    let error = StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+        .with_type(StanzaErrorType::Wait)
+        .with_text("message not stored; try again later");
+    stanza.error_reply(&error).into_iter().collect()
+}
+
+/// Where rooms commit their messages: the message log's writer and the archive it writes to.
+#[derive(Clone)]
+pub struct RoomArchive {
+    /// The batching writer shared with one-to-one chat (`LogModule::shared_log`).
+    pub log: Arc<MessageLog>,
+    /// The archive the log writes, for history and MAM reads.
+    pub store: Arc<dyn ArchiveStore>,
+}
+
+impl std::fmt::Debug for RoomArchive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomArchive")
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The conference service.
 pub struct Muc {
     /// `conference.<domain>`.
@@ -82,6 +157,9 @@ pub struct Muc {
     /// every room. May hold rooms the session already left (kicks do not update it); leaving
     /// a room one is not in does nothing.
     joined: parking_lot::Mutex<HashMap<FullJid, HashSet<BareJid>>>,
+    /// Where group messages are committed; without it rooms broadcast at once and keep
+    /// history in memory only.
+    archive: Option<RoomArchive>,
 }
 
 impl std::fmt::Debug for Muc {
@@ -133,7 +211,47 @@ impl Muc {
             store,
             rooms: parking_lot::Mutex::new(rooms),
             joined: parking_lot::Mutex::new(HashMap::new()),
+            archive: None,
         })
+    }
+
+    /// Makes group messages take the durable path through `archive` (see the crate docs),
+    /// and refills the history of the rooms already loaded from it.
+    pub async fn with_archive(mut self, archive: RoomArchive) -> Result<Self, MucError> {
+        let handles: Vec<Arc<Mutex<Room>>> = self.rooms.get_mut().values().cloned().collect();
+        for handle in handles {
+            let mut room = handle.lock().await;
+            room.archived = true;
+            if self.history_max == 0 {
+                continue;
+            }
+            let conversation = group_conversation(&room.jid);
+            let last = archive.store.last_seq(&conversation).await?;
+            let max = u32::try_from(self.history_max).unwrap_or(u32::MAX);
+            let after = last.saturating_sub(u64::from(max));
+            let stored = archive
+                .store
+                .history(&conversation, Some(after), None, max)
+                .await?;
+            let jid = room.jid.clone();
+            let messages: Vec<_> = stored
+                .into_iter()
+                .filter_map(|m| {
+                    let stamp = DateTime::from_timestamp_millis(m.stamp_ms)?;
+                    m.xml
+                        .parse::<Element>()
+                        .inspect_err(|error| {
+                            tracing::warn!(room = %jid, id = %m.server_id, %error,
+                                "archived message is not XML; not in history");
+                        })
+                        .ok()
+                        .map(|message| (message, stamp))
+                })
+                .collect();
+            room.seed_history(messages);
+        }
+        self.archive = Some(archive);
+        Ok(self)
     }
 
     /// Handles a stanza for a room (its bare JID or an occupant's `room/nick`).
@@ -178,7 +296,17 @@ impl Muc {
             if room.gone {
                 continue;
             }
-            let outcome = match (stanza.kind, to.try_as_full(), &full) {
+            if let Some(from) = &full
+                && self.archive.is_some()
+                && is_mam_query(&stanza, &to)
+            {
+                let allowed = room.may_read_archive(from);
+                drop(room);
+                self.room_mam(router, &stanza, from, &room_jid, allowed)
+                    .await;
+                return;
+            }
+            let mut outcome = match (stanza.kind, to.try_as_full(), &full) {
                 (StanzaKind::Iq, Ok(_), _) if answer => room.iq_response(&stanza, &from),
                 (_, _, None) => return,
                 (StanzaKind::Presence, Ok(occupant), Some(from)) => {
@@ -208,11 +336,226 @@ impl Muc {
                     room.to_occupant(&stanza, from, &nick)
                 }
             };
+            let mut committing = None;
+            if let (Some(message), Some(from)) = (outcome.accepted.take(), &full) {
+                let (stanzas, pending) = self.accept(&mut room, message, &stanza, from).await;
+                outcome.stanzas.extend(stanzas);
+                committing = pending;
+            }
             let deferred = self.finish(router, &mut room, outcome).await;
             drop(room);
             self.handle_deferred(router, deferred).await;
+            if let Some(committing) = committing {
+                self.broadcast_committed(router, &handle, &stanza, committing)
+                    .await;
+            }
             return;
         }
+    }
+
+    /// Whether the account `who` may read the archive of `room` under the room's rules (see
+    /// [`Room::may_read_archive`]); `None` when the service has no such room or archives
+    /// nothing.
+    pub async fn may_read_archive(&self, room: &BareJid, who: &BareJid) -> Option<bool> {
+        self.archive.as_ref()?;
+        let handle = self.rooms.lock().get(room).cloned()?;
+        let room = handle.lock().await;
+        (!room.gone).then(|| room.may_read_archive_as(who))
+    }
+
+    /// A groupchat message the room accepted, under the room's lock: broadcast at once when
+    /// nothing archives the room; otherwise queued for commit with the room's stanza-id, and
+    /// given its turn to broadcast after the message accepted before it (crate docs,
+    /// "Ordering"). Returns the stanzas to route now (an error when it could not be queued)
+    /// and the commit to finish once the lock is released.
+    async fn accept(
+        &self,
+        room: &mut Room,
+        mut message: Element,
+        stanza: &Stanza,
+        from: &FullJid,
+    ) -> (Vec<Stanza>, Option<Committing>) {
+        let Some(archive) = &self.archive else {
+            return (room.broadcast(message, Utc::now()), None);
+        };
+        let client_id = receipt::client_id(&stanza.element);
+        let room_jid = room.jid.to_string();
+        let conversation = group_conversation(&room.jid);
+        let sender = from.to_bare().to_string();
+        let counts_unread = message.has_child("body", ns::CLIENT);
+        let submitted = archive
+            .log
+            .submit(|server_id| {
+                message.append_child(receipt::stanza_id(&server_id, &room_jid));
+                NewMessage {
+                    server_id,
+                    conversation,
+                    sender: sender.clone(),
+                    recipient: room_jid.clone(),
+                    client_id: client_id.clone(),
+                    stamp_ms: Utc::now().timestamp_millis(),
+                    xml: String::from(&message),
+                    counts_unread,
+                    for_later: false,
+                }
+            })
+            .await;
+        match submitted {
+            Ok(pending) => {
+                let (done, turn) = oneshot::channel();
+                let previous = room.broadcast_turn.replace(turn);
+                let committing = Committing {
+                    pending,
+                    previous,
+                    done,
+                    message,
+                    client_id,
+                    sender: from.clone(),
+                };
+                (Vec::new(), Some(committing))
+            }
+            Err(error) => (commit_failed(&room_jid, stanza, &sender, &error), None),
+        }
+    }
+
+    /// The rest of a groupchat message's path, outside the room's lock: waits for its commit
+    /// and for the message before it to be broadcast, then (under the lock again) tells the
+    /// sender and broadcasts it to whoever is in the room by then.
+    async fn broadcast_committed(
+        &self,
+        router: &Router,
+        handle: &Mutex<Room>,
+        stanza: &Stanza,
+        committing: Committing,
+    ) {
+        let Committing {
+            pending,
+            previous,
+            done,
+            message,
+            client_id,
+            sender,
+        } = committing;
+        let committed = pending.committed().await;
+        if let Some(previous) = previous {
+            // An error only means the previous message's task ended without broadcasting
+            // (its commit failed, or it was cancelled): our turn either way.
+            let _ = previous.await;
+        }
+        let mut room = handle.lock().await;
+        let room_jid = room.jid.to_string();
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(error) => {
+                let stanzas = commit_failed(&room_jid, stanza, sender.as_str(), &error);
+                drop(room);
+                drop(done);
+                for stanza in stanzas {
+                    router.route(stanza).await;
+                }
+                return;
+            }
+        };
+        let ack = Receipt {
+            client_id,
+            server_id: committed.server_id,
+            seq: committed.seq,
+            with: room_jid,
+            stamp_ms: committed.stamp_ms,
+        };
+        // Committed: the sender hears so even if the room went meanwhile.
+        if let Some(origin) = router.sessions.get(&sender) {
+            let domain = router.domain().as_str();
+            let receipt = Stanza {
+                kind: StanzaKind::Message,
+                element: ack.to_message(domain, sender.as_str()),
+                to: Some(sender.clone().into()),
+                from: Some(Jid::from(router.domain().clone())),
+            };
+            router.send(&origin, receipt);
+        }
+        if committed.duplicate || room.gone {
+            // A resend: the original was broadcast when it was committed.
+            tracing::debug!(room = %ack.with, %sender, duplicate = committed.duplicate, "group message not broadcast");
+            return;
+        }
+        let stamp = DateTime::from_timestamp_millis(committed.stamp_ms).unwrap_or_else(Utc::now);
+        let outcome = Outcome {
+            stanzas: room.broadcast(message, stamp),
+            ..Outcome::default()
+        };
+        let deferred = self.finish(router, &mut room, outcome).await;
+        drop(room);
+        // The next message's turn: after ours was routed.
+        drop(done);
+        self.handle_deferred(router, deferred).await;
+    }
+
+    /// XEP-0313 §5: a query on the room's archive, answered from the archive once the
+    /// room's lock is released. `allowed` is the room's verdict on the requester.
+    async fn room_mam(
+        &self,
+        router: &Router,
+        stanza: &Stanza,
+        from: &FullJid,
+        room_jid: &BareJid,
+        allowed: bool,
+    ) {
+        let Some(archive) = &self.archive else { return };
+        if !allowed {
+            router.bounce(stanza, StanzaErrorCondition::Forbidden).await;
+            return;
+        }
+        if stanza.type_attr() == Some("get") {
+            // The fields a query may use (XEP-0313 §4.1.5 of v1.1).
+            let form = confab_log::mam::query_form();
+            router.route(stanza.iq_result(Some(form))).await;
+            return;
+        }
+        let Some(payload) = stanza.payload() else {
+            return;
+        };
+        let request = match confab_log::mam::parse_query(room_jid, payload) {
+            Ok(request) => request,
+            Err(error) => {
+                router.reply_error(stanza, &error).await;
+                return;
+            }
+        };
+        let conversation = group_conversation(room_jid);
+        let page = match archive
+            .store
+            .query_conversation(&conversation, &request.query)
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => {
+                router
+                    .reply_error(stanza, &confab_log::mam::store_error(&error))
+                    .await;
+                return;
+            }
+        };
+        if let Some(origin) = router.sessions.get(from) {
+            let to = from.to_string();
+            let ordered: Box<dyn Iterator<Item = _>> = if request.flip {
+                Box::new(page.messages.iter().rev())
+            } else {
+                Box::new(page.messages.iter())
+            };
+            for message in ordered {
+                if let Some(result) = confab_log::mam::result_message(
+                    room_jid,
+                    &to,
+                    request.query_id.as_deref(),
+                    message,
+                ) {
+                    router.send(&origin, Stanza::new(result));
+                }
+            }
+        }
+        let fin = confab_log::mam::fin(&page, request.flip);
+        router.route(stanza.iq_result(Some(fin))).await;
     }
 
     /// Handles stanzas that came back to a room while it was routing.
@@ -244,12 +587,9 @@ impl Muc {
         // §10.1.2: a client that does not speak MUC (no `<x/>`) gets an instant room; one
         // that does gets a locked room it must configure or accept.
         let instant = !stanza.element.has_child("x", ns::MUC);
-        let room = Arc::new(Mutex::new(Room::create(
-            room_jid.clone(),
-            from.to_bare(),
-            instant,
-            self.history_max,
-        )));
+        let mut room = Room::create(room_jid.clone(), from.to_bare(), instant, self.history_max);
+        room.archived = self.archive.is_some();
+        let room = Arc::new(Mutex::new(room));
         rooms.insert(room_jid.clone(), room.clone());
         tracing::debug!(room = %room_jid, creator = %from, "room created");
         Some(room)
@@ -290,9 +630,6 @@ impl Muc {
     /// stanzas for this room that routing produced, to handle once the lock is released.
     async fn finish(&self, router: &Router, room: &mut Room, outcome: Outcome) -> Vec<Stanza> {
         self.persist(room, &outcome.effects).await;
-        if let Some(message) = &outcome.accepted {
-            self.accepted(room, message);
-        }
         let room_jid = room.jid.clone();
         let routing = Routing {
             room: room_jid.clone(),
@@ -316,12 +653,6 @@ impl Muc {
             tracing::debug!(room = %room_jid, "room removed");
         }
         deferred
-    }
-
-    /// The seam where a group message was accepted for broadcast: the next increment commits
-    /// it to the room's archive here (durable history and MAM on the room).
-    fn accepted(&self, room: &Room, message: &Element) {
-        tracing::trace!(room = %room.jid, id = ?message.attr("id"), "group message accepted");
     }
 
     /// Applies a room's storage writes. A failure is logged and the in-memory room keeps the
@@ -484,4 +815,13 @@ impl Module for Muc {
             self.handle_deferred(router, deferred).await;
         }
     }
+}
+
+/// Whether `stanza` is an XEP-0313 query (an IQ `set`) or a request for its form (`get`)
+/// on the room's bare JID `to`.
+fn is_mam_query(stanza: &Stanza, to: &Jid) -> bool {
+    stanza.kind == StanzaKind::Iq
+        && to.resource().is_none()
+        && matches!(stanza.type_attr(), Some("get" | "set"))
+        && stanza.payload().is_some_and(|p| p.is("query", ns::MAM))
 }

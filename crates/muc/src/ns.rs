@@ -14,3 +14,7 @@ pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 /// XEP-0045 §15.5.4: the room information form's FORM_TYPE.
 pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+/// XEP-0359: the `<stanza-id/>` a room stamps on what it broadcasts.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0313: message archive management, here on the room's JID.
+pub const MAM: &str = "urn:xmpp:mam:2";

@@ -68,8 +68,9 @@ pub struct Outcome {
     pub stanzas: Vec<Stanza>,
     /// Storage writes to make.
     pub effects: Vec<Effect>,
-    /// A message was accepted for broadcast: the seam where the next increment archives
-    /// group messages (MAM on the room). Holds the message as broadcast, without `to`.
+    /// A groupchat message the room accepted, as broadcast but without `to`. It is not in
+    /// `stanzas`: the service commits it first and then asks [`Room::broadcast`] for the
+    /// copies (durable path), or broadcasts it at once when nothing archives the room.
     pub accepted: Option<Element>,
 }
 
@@ -228,6 +229,13 @@ pub struct Room {
     /// Destroyed or emptied and removed from the service: whoever still holds a handle must
     /// look the room up again.
     pub gone: bool,
+    /// Whether the service archives this room's messages (XEP-0313 on the room JID), for
+    /// disco#info.
+    pub archived: bool,
+    /// The broadcast turn of the last message queued for commit: resolves, or errs, once
+    /// it was broadcast (see the crate docs, "Ordering"). The service's, not the room's
+    /// logic: kept here because it is guarded by the same lock.
+    pub broadcast_turn: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Room {
@@ -261,6 +269,8 @@ impl Room {
             locked: false,
             fresh: false,
             gone: false,
+            archived: false,
+            broadcast_turn: None,
         }
     }
 
@@ -277,6 +287,36 @@ impl Room {
     /// Every affiliation, for storing a room that just became persistent.
     pub fn affiliations(&self) -> impl Iterator<Item = (&BareJid, Affiliation)> {
         self.affiliations.iter().map(|(jid, a)| (jid, *a))
+    }
+
+    /// Whether `who` may read the room's archive (XEP-0313 §5 leaves it to the room; Confab
+    /// follows entry, XEP-0045 §7.2): never outcasts; in a members-only room only members
+    /// and up; in a password-protected or locked room only current occupants, since the
+    /// room cannot check a password on a query; anyone else in an open room. An occupant
+    /// always may, whatever changed since it joined.
+    pub fn may_read_archive(&self, who: &FullJid) -> bool {
+        self.archive_readable_by(&who.to_bare(), self.has_occupant(who))
+    }
+
+    /// [`Room::may_read_archive`] for an account rather than a session (the HTTP API): an
+    /// account counts as an occupant when any of its sessions is in the room.
+    pub fn may_read_archive_as(&self, who: &BareJid) -> bool {
+        let present = self.nick_of.keys().any(|session| session.to_bare() == *who);
+        self.archive_readable_by(who, present)
+    }
+
+    fn archive_readable_by(&self, who: &BareJid, occupant: bool) -> bool {
+        let affiliation = self.affiliation(who);
+        if affiliation == Affiliation::Outcast {
+            return false;
+        }
+        if occupant {
+            return true;
+        }
+        if self.config.members_only {
+            return affiliation >= Affiliation::Member;
+        }
+        !(self.locked || self.config.password_protected)
     }
 
     /// Whether the room should be listed in the service's disco#items.
@@ -729,16 +769,35 @@ impl Room {
         let mut message = stanza.element.clone();
         set_attr(&mut message, "to", None);
         set_attr(&mut message, "from", Some(sender.room_jid.to_string()));
-        let mut outcome = Outcome::default();
-        let from = Jid::from(sender.room_jid.clone());
-        for session in self.occupants.values().flat_map(Occupant::session_jids) {
-            outcome
-                .stanzas
-                .push(deliver(message.clone(), Some(from.clone()), session));
+        // XEP-0359 §3: the room stamps stanza-ids `by` itself, so any such id a sender put in
+        // is a forgery and goes, even when the room adds none.
+        strip_stanza_ids_by(&mut message, self.jid.as_str());
+        Outcome {
+            accepted: Some(message),
+            ..Outcome::default()
         }
-        self.remember(message.clone(), Utc::now());
-        outcome.accepted = Some(message);
-        outcome
+    }
+
+    /// The copies of an accepted (and, when archived, committed) groupchat message for every
+    /// occupant now in the room (§7.4), which it also keeps for history at `stamp`.
+    pub fn broadcast(&mut self, message: Element, stamp: DateTime<Utc>) -> Vec<Stanza> {
+        let from = message.attr("from").and_then(|f| Jid::new(f).ok());
+        let stanzas = self
+            .occupants
+            .values()
+            .flat_map(Occupant::session_jids)
+            .map(|session| deliver(message.clone(), from.clone(), session))
+            .collect();
+        self.remember(message, stamp);
+        stanzas
+    }
+
+    /// Fills the history ring with archived messages (oldest first, as broadcast) after a
+    /// restart, so joins see the same history as before it.
+    pub fn seed_history(&mut self, messages: impl IntoIterator<Item = (Element, DateTime<Utc>)>) {
+        for (message, stamp) in messages {
+            self.remember(message, stamp);
+        }
     }
 
     fn remember(&mut self, message: Element, stamp: DateTime<Utc>) {
@@ -1050,7 +1109,12 @@ impl Room {
             ns::DISCO_INFO,
             &[("category", "conference"), ("type", "text"), ("name", name)],
         ));
-        for feature in [ns::DISCO_INFO].into_iter().chain(self.config.features()) {
+        let archive = self.archived.then_some(ns::MAM);
+        for feature in [ns::DISCO_INFO]
+            .into_iter()
+            .chain(archive)
+            .chain(self.config.features())
+        {
             query.append_child(element("feature", ns::DISCO_INFO, &[("var", feature)]));
         }
         // §15.5.4 muc#roominfo.
@@ -1604,6 +1668,20 @@ fn deliver(message: Element, from: Option<Jid>, to: &FullJid) -> Stanza {
     address(StanzaKind::Message, message, from, to)
 }
 
+/// Removes every XEP-0359 `<stanza-id/>` whose `by` is `by`.
+fn strip_stanza_ids_by(message: &mut Element, by: &str) {
+    let ours = |child: &Element| child.is("stanza-id", ns::SID) && child.attr("by") == Some(by);
+    if !message.children().any(ours) {
+        return;
+    }
+    for node in message.take_nodes() {
+        match node {
+            minidom::Node::Element(child) if ours(&child) => {}
+            node => message.append_node(node),
+        }
+    }
+}
+
 /// A copy of `stanza` from `from` (a room/nick JID) to `to`.
 fn forward(stanza: &Stanza, from: &FullJid, to: &Jid) -> Stanza {
     make(
@@ -1724,6 +1802,75 @@ mod tests {
             assert_eq!(error_of(&out), None);
         }
         room
+    }
+
+    /// A groupchat message is only accepted by the room: the service commits it and asks
+    /// for the copies, which go to everyone in the room then, stripped of forged room ids
+    /// and kept for history at the commit time.
+    #[test]
+    fn groupchat_is_accepted_then_broadcast_on_request() {
+        let mut room = room_with_two();
+        let message = stanza(
+            "<message xmlns='jabber:client' type='groupchat' from='p@x/b' to='r@c.x'>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='r@c.x' id='forged'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='elsewhere@c.y' id='kept'/>\
+             <body>hi</body></message>",
+        );
+        let mut out = room.message(&message, &jid("p@x/b"));
+        assert!(out.stanzas.is_empty(), "nothing goes out before the commit");
+        let accepted = out.accepted.take().expect("accepted");
+        assert_eq!(accepted.attr("from"), Some("r@c.x/P"));
+        assert_eq!(accepted.attr("to"), None);
+        let ids: Vec<&str> = accepted
+            .children()
+            .filter(|c| c.is("stanza-id", ns::SID))
+            .filter_map(|c| c.attr("id"))
+            .collect();
+        assert_eq!(ids, ["kept"]);
+        assert!(room.history_for(&HistoryRequest::default()).is_empty());
+
+        let stamp = Utc::now() - chrono::Duration::seconds(5);
+        let copies = room.broadcast(accepted, stamp);
+        let mut to: Vec<String> = copies
+            .iter()
+            .filter_map(|s| s.to.as_ref().map(|t| t.to_string()))
+            .collect();
+        to.sort();
+        assert_eq!(to, ["o@x/a", "p@x/b"]);
+        let history = room.history_for(&HistoryRequest::default());
+        assert_eq!(bodies(&history), ["hi"]);
+        let delay = history[0].get_child("delay", ns::DELAY).expect("delay");
+        assert_eq!(
+            delay.attr("stamp"),
+            Some(stamp.to_rfc3339_opts(SecondsFormat::Millis, true).as_str())
+        );
+    }
+
+    /// Who may read the room's archive follows who may enter.
+    #[test]
+    fn archive_readers_follow_entry_rules() {
+        let mut room = room_with_two();
+        let stranger = jid("s@x/c");
+        let member = BareJid::new("m@x").expect("jid");
+        assert!(room.may_read_archive(&stranger), "an open room");
+        assert!(room.may_read_archive(&jid("p@x/b")));
+        room.config.members_only = true;
+        assert!(!room.may_read_archive(&stranger));
+        assert!(!room.may_read_archive_as(&stranger.to_bare()));
+        assert!(!room.may_read_archive_as(&member));
+        room.affiliations
+            .insert(member.clone(), Affiliation::Member);
+        assert!(room.may_read_archive_as(&member));
+        // An occupant already in may read, an outcast never.
+        assert!(room.may_read_archive(&jid("p@x/b")));
+        assert!(room.may_read_archive_as(&BareJid::new("p@x").expect("jid")));
+        room.affiliations
+            .insert(member.clone(), Affiliation::Outcast);
+        assert!(!room.may_read_archive_as(&member));
+        room.config.members_only = false;
+        room.config.password_protected = true;
+        assert!(!room.may_read_archive(&stranger), "no password on a query");
+        assert!(room.may_read_archive(&jid("o@x/a")));
     }
 
     fn admin_set(room: &mut Room, from: &str, items: &str) -> Outcome {

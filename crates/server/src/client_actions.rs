@@ -23,12 +23,23 @@ const SID: &str = "urn:xmpp:sid:0";
 /// [`ClientActions`] through the router, so API messages take the stream's path.
 pub struct RouterActions {
     router: Arc<Router>,
+    /// The conference service, for group history authorisation; `None` when MUC is off.
+    groups: Option<Arc<confab_muc::Muc>>,
 }
 
 impl RouterActions {
     /// Acts through `router`.
     pub fn new(router: Arc<Router>) -> Self {
-        Self { router }
+        Self {
+            router,
+            groups: None,
+        }
+    }
+
+    /// Answers group history authorisation through the conference service's rooms.
+    pub fn with_groups(mut self, groups: Option<Arc<confab_muc::Muc>>) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// The live session the caller's token is bound to: the same full JID and the same
@@ -94,6 +105,13 @@ fn message(from: &FullJid, to: &BareJid, id: &str, request: &SendRequest) -> Ele
 
 #[async_trait]
 impl ClientActions for RouterActions {
+    async fn may_read_group(&self, caller: &Caller, room: &BareJid) -> Option<bool> {
+        self.groups
+            .as_ref()?
+            .may_read_archive(room, &caller.owner)
+            .await
+    }
+
     async fn send_message(
         &self,
         caller: &Caller,

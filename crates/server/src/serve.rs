@@ -30,6 +30,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_offline_quota(quota);
     // The conference service's own port on the same database (not part of `Store`).
     let room_store: Arc<dyn confab_core::store::RoomStore> = Arc::new(store.clone());
+    let room_archive: Arc<dyn confab_core::archive::ArchiveStore> = Arc::new(store.clone());
     let store: Arc<dyn Store> = Arc::new(store);
     // IM tokens live as long as their session, and no session survives a restart.
     let revoked = store
@@ -71,13 +72,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // The message log commits chat messages at `on_routed`; MAM answers queries over what it
     // committed (an IQ handler only, so its place in the hook order does not matter).
-    let mut modules = modules_with_log(
-        &options,
-        vec![
-            Arc::new(LogModule::new(store.clone(), log_config(&config.archive))),
-            Arc::new(MamModule::new()),
-        ],
-    );
+    let log = Arc::new(LogModule::new(store.clone(), log_config(&config.archive)));
+    let shared_log = log.shared_log();
+    let mut modules = modules_with_log(&options, vec![log, Arc::new(MamModule::new())]);
+    let mut groups = None;
     if config.muc.enabled {
         // XEP-0045 on its own domain: the router hands it every stanza for that domain.
         let muc = confab_muc::Muc::load(
@@ -86,8 +84,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             room_store,
         )
         .await
-        .context("muc")?;
-        modules.push(Arc::new(muc));
+        .context("muc")?
+        // Group messages take the durable path through the same writer as one-to-one chat.
+        .with_archive(confab_muc::RoomArchive {
+            log: shared_log,
+            store: room_archive,
+        })
+        .await
+        .context("muc archive")?;
+        let muc = Arc::new(muc);
+        groups = Some(muc.clone());
+        modules.push(muc);
     }
     let router = Arc::new(Router::new(
         domain.clone(),
@@ -176,9 +183,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     http_state.api = Some(confab_http::api::ApiState {
         store: store.clone(),
         tokens: Arc::new(StoreTokens(store.clone())),
-        actions: Some(Arc::new(crate::client_actions::RouterActions::new(
-            router.clone(),
-        ))),
+        actions: Some(Arc::new(
+            crate::client_actions::RouterActions::new(router.clone()).with_groups(groups),
+        )),
     });
     http_state.websocket = config
         .http

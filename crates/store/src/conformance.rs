@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             archive_query_pages_forward_and_backward,
             archive_query_filters_by_with_time_ids_and_prefs,
             archive_query_is_per_owner_and_cursors_must_be_its_own,
+            archive_group_conversation_pages_and_stays_out_of_owner_archives,
             archive_failed_batch_leaves_no_trace_in_queries,
             archive_prefs_round_trip_and_go_with_the_account,
             read_state_moves_forward_only,
@@ -1444,6 +1445,161 @@ pub async fn archive_query_is_per_owner_and_cursors_must_be_its_own(store: &dyn 
     assert!(matches!(purged, Err(StoreError::NotFound)), "{purged:?}");
     let left = store.query_archive(&query("a@x", 10)).await.expect("query");
     assert_eq!(ids_of(&left), [ids[2].clone()]);
+}
+
+/// A group conversation (a room's archive) pages by sequence both ways with server id
+/// cursors, filters by sender, time and ids, counts, refuses foreign cursors, dedups per
+/// sender, and is not part of any account's own archive.
+pub async fn archive_group_conversation_pages_and_stays_out_of_owner_archives(store: &dyn Store) {
+    let room = "group:room@conference.x";
+    let batch: Vec<NewMessage> = (1..=5)
+        .map(|n| {
+            let sender = if n % 2 == 1 { "alice@x" } else { "bob@x" };
+            chat(room, sender, "room@conference.x", n, Some(&format!("c{n}")))
+        })
+        .collect();
+    let receipts = store.append(&batch).await.expect("append");
+    let seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    // The same client id from the same sender in the room is a resend; from another, not.
+    let resend = chat(room, "alice@x", "room@conference.x", 9, Some("c1"));
+    let other = chat(room, "bob@x", "room@conference.x", 10, Some("c1"));
+    let receipts = store
+        .append(&[resend, other.clone()])
+        .await
+        .expect("append");
+    assert_eq!(receipts[0].server_id, batch[0].server_id);
+    assert!(receipts[0].duplicate);
+    assert_eq!(receipts[1], fresh(&other, 6));
+    let mut ids: Vec<String> = batch.iter().map(|m| m.server_id.clone()).collect();
+    ids.push(other.server_id.clone());
+    // A one-to-one message elsewhere is not in the room's archive.
+    let direct = chat("alice@x bob@x", "alice@x", "bob@x", 20, None);
+    store
+        .append(std::slice::from_ref(&direct))
+        .await
+        .expect("append");
+
+    let page_ids = |page: &ArchivePage| -> Vec<String> {
+        page.messages.iter().map(|m| m.server_id.clone()).collect()
+    };
+    let query = |f: &dyn Fn(&mut ArchiveQuery)| {
+        let mut query = ArchiveQuery {
+            limit: 2,
+            ..ArchiveQuery::default()
+        };
+        f(&mut query);
+        query
+    };
+    let first = store
+        .query_conversation(room, &query(&|q| q.count = true))
+        .await
+        .expect("first page");
+    assert_eq!(page_ids(&first), ids[..2]);
+    assert!(!first.complete);
+    assert_eq!(first.count, Some(6));
+    let next = store
+        .query_conversation(room, &query(&|q| q.after_id = Some(ids[1].clone())))
+        .await
+        .expect("next page");
+    assert_eq!(page_ids(&next), ids[2..4]);
+    let last = store
+        .query_conversation(room, &query(&|q| q.page = Page::Backward))
+        .await
+        .expect("last page");
+    assert_eq!(page_ids(&last), ids[4..]);
+    assert!(!last.complete);
+    let before = store
+        .query_conversation(
+            room,
+            &query(&|q| {
+                q.page = Page::Backward;
+                q.before_id = Some(ids[2].clone());
+            }),
+        )
+        .await
+        .expect("before page");
+    assert_eq!(page_ids(&before), ids[..2]);
+    assert!(before.complete);
+
+    let by_bob = store
+        .query_conversation(
+            room,
+            &query(&|q| {
+                q.limit = 50;
+                q.with = Some("bob@x".into());
+            }),
+        )
+        .await
+        .expect("with");
+    assert_eq!(
+        page_ids(&by_bob),
+        [ids[1].clone(), ids[3].clone(), ids[5].clone()]
+    );
+    let in_time = store
+        .query_conversation(
+            room,
+            &query(&|q| {
+                q.limit = 50;
+                q.start_ms = Some(batch[1].stamp_ms);
+                q.end_ms = Some(batch[2].stamp_ms);
+            }),
+        )
+        .await
+        .expect("time");
+    assert_eq!(page_ids(&in_time), ids[1..3]);
+    let picked = store
+        .query_conversation(
+            room,
+            &query(&|q| {
+                q.limit = 50;
+                q.ids = Some(vec![ids[4].clone(), direct.server_id.clone()]);
+            }),
+        )
+        .await
+        .expect("ids");
+    assert_eq!(page_ids(&picked), [ids[4].clone()]);
+
+    // A cursor from another conversation is refused.
+    let foreign = store
+        .query_conversation(
+            room,
+            &query(&|q| q.after_id = Some(direct.server_id.clone())),
+        )
+        .await;
+    assert!(matches!(foreign, Err(StoreError::NotFound)), "{foreign:?}");
+
+    // Alice's own archive holds her direct message only, and a room message is no cursor in it.
+    let own = store
+        .query_archive(&ArchiveQuery {
+            owner: "alice@x".into(),
+            limit: 50,
+            count: true,
+            ..ArchiveQuery::default()
+        })
+        .await
+        .expect("own archive");
+    assert_eq!(page_ids(&own), std::slice::from_ref(&direct.server_id));
+    assert_eq!(own.count, Some(1));
+    let cursor = store
+        .query_archive(&ArchiveQuery {
+            owner: "alice@x".into(),
+            limit: 50,
+            after_id: Some(ids[0].clone()),
+            ..ArchiveQuery::default()
+        })
+        .await;
+    assert!(matches!(cursor, Err(StoreError::NotFound)), "{cursor:?}");
+    let by_id = store
+        .query_archive(&ArchiveQuery {
+            owner: "alice@x".into(),
+            limit: 50,
+            ids: Some(vec![ids[0].clone()]),
+            ..ArchiveQuery::default()
+        })
+        .await
+        .expect("ids in own archive");
+    assert!(by_id.messages.is_empty());
 }
 
 /// Preferences default to `always` with empty lists, are replaced whole (sorted, repeats

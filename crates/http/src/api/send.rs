@@ -132,6 +132,13 @@ pub trait ClientActions: Send + Sync {
         with: &BareJid,
         seq: u64,
     ) -> Result<ReadState, ActionError>;
+
+    /// Whether the caller may read the archive of the group chat room `room` (the room's
+    /// affiliation rules); `None` when there is no such room. The default knows no rooms.
+    async fn may_read_group(&self, caller: &Caller, room: &BareJid) -> Option<bool> {
+        let _ = (caller, room);
+        None
+    }
 }
 
 impl From<ActionError> for ApiError {

@@ -230,6 +230,13 @@ impl ArchiveStore for FlakyStore {
     async fn query_archive(&self, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
         self.inner.query_archive(query).await
     }
+    async fn query_conversation(
+        &self,
+        conversation: &str,
+        query: &ArchiveQuery,
+    ) -> StoreResult<ArchivePage> {
+        self.inner.query_conversation(conversation, query).await
+    }
     async fn archive_prefs(&self, owner: &str) -> StoreResult<ArchivePrefs> {
         self.inner.archive_prefs(owner).await
     }

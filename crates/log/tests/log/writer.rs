@@ -119,6 +119,47 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 /// Pushes `total` messages from `tasks` concurrent tasks, spread over `conversations`,
 /// through a log with `max_batch` into an on-disk store and prints messages/s, commit latency
 /// percentiles and the writer's time per message.
+/// Submitted messages are committed in the order they were queued, and the receipts come
+/// back whichever order they are awaited in; a later submission never overtakes an earlier
+/// one in the conversation's sequence.
+#[tokio::test]
+async fn submitted_messages_commit_in_queue_order() {
+    let (_dir, store) = on_disk().await;
+    let log = MessageLog::new(store.clone(), LogConfig::default());
+    let mut pending = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let pending_commit = log
+            .submit(|server_id| {
+                ids.push(server_id.clone());
+                build(0, Some(format!("s{n}")), server_id)
+            })
+            .await
+            .expect("queued");
+        pending.push(pending_commit);
+    }
+    let mut receipts = Vec::new();
+    // Awaited last first: the order of the sequence is the order of submission regardless.
+    for pending_commit in pending.into_iter().rev() {
+        receipts.push(pending_commit.committed().await.expect("committed"));
+    }
+    receipts.reverse();
+    let seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let server_ids: Vec<String> = receipts.into_iter().map(|r| r.server_id).collect();
+    assert_eq!(server_ids, ids);
+    // A resend through `submit` is a duplicate like through `commit`.
+    let again = log
+        .submit(|server_id| build(0, Some("s2".into()), server_id))
+        .await
+        .expect("queued")
+        .committed()
+        .await
+        .expect("committed");
+    assert!(again.duplicate);
+    assert_eq!(again.seq, 3);
+}
+
 async fn measure(label: &str, total: usize, tasks: usize, conversations: usize, max_batch: usize) {
     let (_dir, store) = on_disk().await;
     let log = Arc::new(MessageLog::new(

@@ -16,6 +16,7 @@ mod introspect;
 mod limits;
 mod mam;
 mod muc;
+mod muc_archive;
 mod negotiation;
 mod pb_client;
 mod presence;

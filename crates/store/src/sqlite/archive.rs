@@ -20,7 +20,8 @@ macro_rules! columns {
 }
 
 /// The filters of one half of an owner's archive, where the owner is in `$own` and the other
-/// party in `$other`. Parameters: ?1 owner, ?2/?3 exclusive server id bounds (sentinels when
+/// party in `$other`. Group messages (a conversation key without a space, see
+/// `core::archive::group_conversation`) are the room's archive, not the sender's. Parameters: ?1 owner, ?2/?3 exclusive server id bounds (sentinels when
 /// absent, so the index range always applies), ?4 `with` or NULL, ?5 JSON array to exclude,
 /// ?6 JSON array to keep only or NULL, ?7/?8 inclusive stamp bounds.
 macro_rules! mam_filter {
@@ -37,7 +38,8 @@ macro_rules! mam_filter {
              AND (?6 IS NULL OR ",
             $other,
             " IN (SELECT value FROM json_each(?6))) \
-             AND stamp_ms >= ?7 AND stamp_ms <= ?8"
+             AND stamp_ms >= ?7 AND stamp_ms <= ?8 \
+             AND instr(conversation, ' ') > 0"
         )
     };
 }
@@ -63,6 +65,33 @@ macro_rules! mam_page {
             " LIMIT ?9) ORDER BY server_id ",
             $dir,
             " LIMIT ?9"
+        )
+    };
+}
+
+/// The filters of a conversation query. Parameters: ?1 conversation, ?2/?3 exclusive sequence
+/// bounds, ?4 sender or NULL, ?5/?6 inclusive stamp bounds, ?7 JSON array of server ids or
+/// NULL.
+macro_rules! conversation_filter {
+    () => {
+        "conversation = ?1 AND seq > ?2 AND seq < ?3 AND (?4 IS NULL OR sender = ?4) \
+         AND stamp_ms >= ?5 AND stamp_ms <= ?6 \
+         AND (?7 IS NULL OR server_id IN (SELECT value FROM json_each(?7)))"
+    };
+}
+
+/// One page of a conversation in `$dir` sequence order, `?8` rows: a range scan of the
+/// (conversation, seq) index.
+macro_rules! conversation_page {
+    ($dir:literal) => {
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM messages WHERE ",
+            conversation_filter!(),
+            " ORDER BY seq ",
+            $dir,
+            " LIMIT ?8"
         )
     };
 }
@@ -274,6 +303,77 @@ impl ArchiveStore for SqliteStore {
         })
     }
 
+    async fn query_conversation(
+        &self,
+        conversation: &str,
+        query: &ArchiveQuery,
+    ) -> StoreResult<ArchivePage> {
+        // Cursors become sequence bounds: within one conversation, sequence order is server
+        // id order (both follow commit order), and the (conversation, seq) index serves it.
+        let after = match &query.after_id {
+            Some(id) => self.seq_in(conversation, id).await?,
+            None => 0,
+        };
+        let before = match &query.before_id {
+            Some(id) => self.seq_in(conversation, id).await?,
+            None => i64::MAX,
+        };
+        let limit = query.limit.min(MAX_QUERY_LIMIT);
+        let ids = query.ids.as_deref().map(json_list);
+        let start = query.start_ms.unwrap_or(i64::MIN);
+        let end = query.end_ms.unwrap_or(i64::MAX);
+        let count = if query.count {
+            let count: i64 = sqlx::query_scalar(concat!(
+                "SELECT COUNT(*) FROM messages WHERE ",
+                conversation_filter!()
+            ))
+            .bind(conversation)
+            .bind(0_i64)
+            .bind(i64::MAX)
+            .bind(query.with.as_deref())
+            .bind(start)
+            .bind(end)
+            .bind(ids.as_deref())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+            Some(u64::try_from(count).unwrap_or(0))
+        } else {
+            None
+        };
+        let statement = match query.page {
+            Page::Forward => conversation_page!("ASC"),
+            Page::Backward => conversation_page!("DESC"),
+        };
+        // One row more than the page shows whether anything lies beyond it.
+        let rows: Vec<MessageRow> = sqlx::query_as(statement)
+            .bind(conversation)
+            .bind(after)
+            .bind(before)
+            .bind(query.with.as_deref())
+            .bind(start)
+            .bind(end)
+            .bind(ids.as_deref())
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        let complete = rows.len() <= limit as usize;
+        let mut messages = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(message_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if query.page == Page::Backward {
+            messages.reverse();
+        }
+        Ok(ArchivePage {
+            messages,
+            complete,
+            count,
+        })
+    }
+
     async fn archive_prefs(&self, owner: &str) -> StoreResult<ArchivePrefs> {
         let row: Option<(String, String, String)> =
             sqlx::query_as("SELECT default_mode, always, never FROM mam_prefs WHERE owner = ?")
@@ -320,6 +420,9 @@ impl ArchiveStore for SqliteStore {
 /// cursors, the ids and the limit (the in-memory twin of `mam_filter!`, for the `ids` path).
 fn in_view(query: &ArchiveQuery, message: &ArchivedMessage) -> bool {
     let owner = query.owner.as_str();
+    if !message.conversation.contains(' ') {
+        return false;
+    }
     let other = if message.sender == owner {
         &message.recipient
     } else if message.recipient == owner {
@@ -380,7 +483,8 @@ impl SqliteStore {
     /// Whether `server_id` is a message of `owner`'s archive (a valid RSM cursor).
     async fn in_archive(&self, owner: &str, server_id: &str) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM messages WHERE server_id = ?1 AND (sender = ?2 OR recipient = ?2)",
+            "SELECT 1 FROM messages WHERE server_id = ?1 AND (sender = ?2 OR recipient = ?2) \
+             AND instr(conversation, ' ') > 0",
         )
         .bind(server_id)
         .bind(owner)
@@ -388,6 +492,20 @@ impl SqliteStore {
         .await
         .map_err(unavailable)?;
         Ok(found.is_some())
+    }
+
+    /// The sequence of the message `server_id` in `conversation`: a cursor of a conversation
+    /// query. `NotFound` when it is not a message of that conversation.
+    async fn seq_in(&self, conversation: &str, server_id: &str) -> StoreResult<i64> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM messages WHERE server_id = ?1 AND conversation = ?2",
+        )
+        .bind(server_id)
+        .bind(conversation)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        seq.ok_or(StoreError::NotFound)
     }
 
     /// The `ids` form of a query: a handful of primary-key lookups, filtered and paged here.
@@ -472,6 +590,38 @@ mod tests {
             plan.iter().all(|row| !row.3.starts_with("SCAN")),
             "{plan:?}"
         );
+    }
+
+    /// Conversation pages walk the (conversation, seq) index both ways instead of sorting.
+    #[tokio::test]
+    async fn conversation_pages_use_the_sequence_index() {
+        let store = SqliteStore::open_in_memory().await.expect("open");
+        for statement in [
+            concat!("EXPLAIN QUERY PLAN ", conversation_page!("ASC")),
+            concat!("EXPLAIN QUERY PLAN ", conversation_page!("DESC")),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(statement)
+                .bind("group:room@conference.x")
+                .bind(0_i64)
+                .bind(i64::MAX)
+                .bind(None::<&str>)
+                .bind(i64::MIN)
+                .bind(i64::MAX)
+                .bind(None::<&str>)
+                .bind(51)
+                .fetch_all(&store.reader)
+                .await
+                .expect("plan");
+            let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            assert!(
+                details.iter().any(|d| d.contains("USING INDEX")),
+                "{details:?}"
+            );
+            assert!(
+                !details.iter().any(|d| d.contains("TEMP B-TREE")),
+                "{details:?}"
+            );
+        }
     }
 
     /// History reads walk the (conversation, seq) index instead of sorting.
