@@ -4,12 +4,14 @@
 #
 #   bench/compare.sh [--profile minimal|full|both] [--sessions N] [--pairs P]
 #                    [--duration S] [--inflight W] [--servers "ejabberd prosody confab"]
+#                    [--members M] [--online K] [--senders G] [--group-rate R]
+#                    [--scenarios "connect chat group"]
 #                    [--out DIR] [--wait-idle S] [--no-build]
 #
 # (--wait-idle: before each scenario, wait up to S seconds, default 60, for the rest of the
 # machine to be quiet; see bench/README.md, which also explains every setting.)
 #
-# For each profile and server: create user1..userM (M = max(N, 2P) + 10) with in-band
+# For each profile and server: create user1..userU (U = max(N, 2P, M) + 10) with in-band
 # registration (`confab-bench register`) on a seed data directory, and fill a SCRAM cache with
 # one login per account. Then each scenario runs against a freshly started server on a fresh
 # copy of that seed, warmed up with 10 logins (and, before `chat`, one short chat between two
@@ -20,6 +22,24 @@
 #   chat     P pairs (default 100) at max rate (W = 16 messages in flight per pair) for S
 #            seconds (default 10): delivered msgs/s, delivery latency p50/p99, server CPU
 #            (/proc/PID/stat utime+stime) per delivered message
+#   group    one XEP-0045 room at conference.localhost: user1 creates it, puts user2..userM
+#            on its member list (default M = 1,000), K of them join (default 200), G send
+#            (default 5) at max rate (W messages per sender not yet delivered to every
+#            occupant) for S seconds: deliveries/s (sent × K expected), latency p50/p99 from
+#            the send to each delivery, join time, server CPU per delivery (warm-up: a
+#            3-member room "warmup" of spare users); --group-rate R: R msgs/s per sender,
+#            open-loop, instead of max rate
+#
+# MUC settings (both profiles), so that nothing throttles or caps the room: ejabberd's
+# mod_muc with max_users 100000 (service and default_room_options; the default is 200),
+# max_users_presence 100000 (presence broadcasts stop above 1,000 by default),
+# max_user_conferences 100000, min_message_interval 0, min_presence_interval 0, room_shaper,
+# user_message_shaper and user_presence_shaper none; Prosody's `Component
+# "conference.localhost" "muc"` (0.12 has no occupant or message-rate limit; mod_muc_limits
+# is not loaded), restrict_room_creation = false. Both default to members-only, persistent
+# rooms and keep 20 messages of history (not replayed: the bench joins with maxstanzas='0');
+# neither archives room messages. Confab's MUC service is `[muc] domain`, by default
+# conference.<domain>; a server without one shows "—" for the group rows.
 #
 # Profiles (configs in bench/ejabberd and bench/prosody; bench/README.md says why each
 # setting): "minimal" = roster, disco, offline, ping; "full" = minimal plus MAM archiving of
@@ -47,11 +67,16 @@ pairs=100
 duration=10
 inflight=16
 servers=(ejabberd prosody confab)
+scenarios=(connect chat group)
+members=1000
+online=200
+senders=5
+group_rate=max
 out="${TMPDIR:-/tmp}/confab-compare.$(date +%Y%m%d-%H%M%S)"
 wait_idle=60
 build=1
 
-usage() { sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,56p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile)
@@ -66,6 +91,11 @@ while [ $# -gt 0 ]; do
     --duration) duration="$2"; shift 2 ;;
     --inflight) inflight="$2"; shift 2 ;;
     --servers) read -r -a servers <<<"$2"; shift 2 ;;
+    --scenarios) read -r -a scenarios <<<"$2"; shift 2 ;;
+    --members) members="$2"; shift 2 ;;
+    --online) online="$2"; shift 2 ;;
+    --senders) senders="$2"; shift 2 ;;
+    --group-rate) group_rate="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --wait-idle) wait_idle="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
@@ -75,6 +105,9 @@ while [ $# -gt 0 ]; do
 done
 for s in "${servers[@]}"; do
   case "$s" in ejabberd | prosody | confab) ;; *) echo "unknown server $s" >&2; exit 2 ;; esac
+done
+for s in "${scenarios[@]}"; do
+  case "$s" in connect | chat | group) ;; *) echo "unknown scenario $s" >&2; exit 2 ;; esac
 done
 
 log() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -299,6 +332,7 @@ EOF
 # Runs
 
 users=$(( sessions > 2 * pairs ? sessions : 2 * pairs ))
+users=$(( members > users ? members : users ))
 spare=$((users + 1))           # users spare..spare+9: warm-up logins, never measured
 total=$((users + 10))
 
@@ -351,6 +385,20 @@ run_scenario() {
       "$bench" chat $c --pairs "$pairs" --max --inflight "$inflight" --duration "$duration" $chat_extra \
         --pid "$server_pid" >"$res/chat.out" 2>"$res/chat.err" || log "$srv: chat exited with an error"
       ;;
+    group)
+      # A server without a MUC service fails here: its group rows stay empty.
+      if "$bench" group $c --first "$spare" --members 3 --online 3 --senders 1 --rate 20 \
+        --duration 1 --room warmup >>"$res/$scenario-warmup.out" 2>&1; then
+        local pace="--max --inflight $inflight"
+        [ "$group_rate" = max ] || pace="--rate $group_rate"
+        log "$srv ($profile): group $members members, $online online, $senders senders, $pace, $duration s (machine busy before: $other cores)"
+        "$bench" group $c --members "$members" --online "$online" --senders "$senders" $pace \
+          --duration "$duration" --pid "$server_pid" \
+          >"$res/group.out" 2>"$res/group.err" || log "$srv: group exited with an error"
+      else
+        log "$srv: group warm-up failed (no MUC service?), see $res/$scenario-warmup.out"
+      fi
+      ;;
   esac
   local rss_kib
   rss_kib="$(awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status" 2>/dev/null || echo "")"
@@ -384,13 +432,14 @@ log "results in $out"
   echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
   echo "command: $command_line"
   echo "profiles: ${profiles[*]}  sessions: $sessions  pairs: $pairs  duration: $duration  inflight: $inflight"
+  echo "scenarios: ${scenarios[*]}  group: $members members, $online online, $senders senders, rate $group_rate"
   for s in "${servers[@]}"; do echo "$s: $(version_of "$s")"; done
 } >"$out/run.txt"
 
 for srv in "${servers[@]}"; do
   make_seed "$srv"
   for profile in "${profiles[@]}"; do
-    for scenario in connect chat; do
+    for scenario in "${scenarios[@]}"; do
       run_scenario "$srv" "$profile" "$scenario"
     done
   done
@@ -399,9 +448,9 @@ done
 # ---------------------------------------------------------------------------------------------
 # The table
 
-python3 - "$out/results.jsonl" "$sessions" "$pairs" "$duration" "$inflight" <<'EOF' | tee "$out/table.txt"
+python3 - "$out/results.jsonl" "$sessions" "$pairs" "$duration" "$inflight" "$members" "$online" "$senders" "$group_rate" <<'EOF' | tee "$out/table.txt"
 import json, sys
-path, sessions, pairs, duration, inflight = sys.argv[1:]
+path, sessions, pairs, duration, inflight, members, online, senders, group_rate = sys.argv[1:]
 rows = [json.loads(l) for l in open(path) if l.strip()]
 by = {(r["profile"], r["server"], r["scenario"]): r for r in rows}
 servers = ["ejabberd", "prosody", "confab"]
@@ -440,6 +489,16 @@ metrics = [
     ("chat", "chat: lost + duplicated", "lower",
      lambda r: None if r is None else (r.get("lost") or 0) + (r.get("duplicated") or 0)),
     ("chat", "chat: other processes (cores)", "info", lambda r: get(r, "cpu", "other_cores")),
+    ("group", f"group {members}/{online}/{senders} {group_rate}: deliveries (/s)", "higher",
+     lambda r: get(r, "deliveries_per_s")),
+    ("group", "group: latency p50 (ms)", "lower", lambda r: get(r, "latency", "p50_ms")),
+    ("group", "group: latency p99 (ms)", "lower", lambda r: get(r, "latency", "p99_ms")),
+    ("group", "group: server CPU per delivery (µs)", "lower",
+     lambda r: get(r, "server_cpu_us_per_delivery")),
+    ("group", "group: join time (s)", "lower", lambda r: get(r, "join_s")),
+    ("group", "group: lost + duplicated", "lower",
+     lambda r: None if r is None else (r.get("lost") or 0) + (r.get("duplicated") or 0)),
+    ("group", "group: other processes (cores)", "info", lambda r: get(r, "cpu", "other_cores")),
 ]
 
 def fmt(v):
@@ -459,7 +518,10 @@ def ratio(a, b):
     return f"{a / b:.2f}×"
 
 summary = {"sessions": int(sessions), "pairs": int(pairs), "duration_s": float(duration),
-           "inflight_per_pair": int(inflight), "profiles": {}}
+           "inflight_per_pair": int(inflight), "group_members": int(members),
+           "group_online": int(online), "group_senders": int(senders),
+           "group_rate_per_sender": None if group_rate == "max" else float(group_rate),
+           "profiles": {}}
 out = []
 for profile in profiles:
     head = ["", "ejabberd", "Prosody", "Confab", "Confab/ejabberd", "Confab/Prosody", "better"]

@@ -53,3 +53,14 @@ smacks_max_queue_size = 100000
 modules_disabled = { "s2s"; "admin_shell"; "limits"; "tombstones" }
 
 VirtualHost "localhost"
+
+-- `group` scenario: XEP-0045 rooms at conference.localhost. Prosody 0.12's MUC has no
+-- occupant limit and no message rate limit (mod_muc_limits is a community module, not
+-- loaded); rooms are members-only and persistent by default, as the bench also asks in its
+-- owner form, and room creation is open to local users. History is kept (20 messages, the
+-- default); the bench asks for none on join. No MUC archive (muc_mam is not loaded).
+Component "conference.localhost" "muc"
+	restrict_room_creation = false
+	muc_room_default_members_only = true
+	muc_room_default_persistent = true
+	muc_tombstones = false

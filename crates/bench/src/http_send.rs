@@ -49,11 +49,11 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::chat::{
-    SeqSet, Stamp, Tally, due_offset, now_us, parse_body, parse_id, per_second, push_id, tally,
-};
 use crate::client::{Conn, Failure, Read, Session};
 use crate::report::{self, CpuMeter, Failures};
+use crate::stamp::{
+    SeqSet, Stamp, Tally, due_offset, now_us, parse_body, parse_id, per_second, push_id, tally,
+};
 use crate::{HttpSendArgs, logins, sasl, xml};
 
 /// Confab's IM token namespace.

@@ -7,6 +7,8 @@
 //!   throughput, loss, duplicates, latency percentiles and server CPU per message.
 //! - `http-send`: P senders post messages through Confab's HTTP client API to P receivers
 //!   logged in over XMPP; answers by status, loss, commit and delivery latency.
+//! - `group`: M members of a XEP-0045 room, K in it, S sending; fan-out deliveries per
+//!   second, loss, duplicates, latency to each delivery and the time K members take to join.
 //!
 //! Every scenario prints a human table and then one line of JSON with all figures.
 //! BENCHMARKS.md at the repository root says how to run them and what was measured.
@@ -17,12 +19,14 @@
 //! Layout: `xml` frames the server's stream, `transport` opens TCP/TLS, `link` carries
 //! elements over TCP, TLS or WebSocket, `pb` converts them to protobuf frames and back,
 //! `sasl` and `client` log one user in, `logins` logs many in, and `connect`, `chat`,
-//! `http_send` and `register` are the scenarios; `report` holds the figures and /proc
-//! sampling.
+//! `http_send`, `group` and `register` are the scenarios; `stamp` holds what the message
+//! scenarios share (stamps, sequence sets, reconciliation, schedule); `report` holds the
+//! figures and /proc sampling.
 
 mod chat;
 mod client;
 mod connect;
+mod group;
 mod http_send;
 mod link;
 mod logins;
@@ -31,6 +35,7 @@ mod register;
 mod report;
 mod sasl;
 mod sm;
+mod stamp;
 mod transport;
 mod xml;
 
@@ -65,6 +70,9 @@ enum Command {
     /// P senders post messages through Confab's HTTP API (`POST /api/v1/messages`) to P
     /// receivers logged in over XMPP; measures commit and delivery latency.
     HttpSend(HttpSendArgs),
+    /// M members of a XEP-0045 room, K of them in it, S of those send: fan-out rate, loss and
+    /// latency from the send to each delivery.
+    Group(GroupArgs),
 }
 
 /// Flags every scenario takes.
@@ -234,6 +242,47 @@ struct HttpSendArgs {
     timeout: f64,
 }
 
+/// `confab-bench group`.
+#[derive(Debug, Clone, Args)]
+struct GroupArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Users on the room's member list: <prefix><first>.. (the first owns the room).
+    #[arg(long, default_value_t = 1000)]
+    members: u64,
+    /// Members in the room: the owner and the next K-1 users.
+    #[arg(long, default_value_t = 200)]
+    online: u64,
+    /// Occupants that send (the first S).
+    #[arg(long, default_value_t = 5)]
+    senders: u64,
+    /// Messages per second per sender, open-loop, when not --max.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Send as fast as --inflight allows instead of at --rate.
+    #[arg(long)]
+    max: bool,
+    /// With --max: messages per sender not yet delivered to every occupant.
+    #[arg(long, default_value_t = 16)]
+    inflight: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// After sending, wait for every delivery; give up once nothing has arrived for this many
+    /// seconds.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+    /// The room's name (local part of its JID).
+    #[arg(long, default_value = "bench")]
+    room: String,
+    /// The MUC service's domain [default: conference.<--domain>].
+    #[arg(long)]
+    service: Option<String>,
+    /// Member-list items per muc#admin request.
+    #[arg(long, default_value_t = 100)]
+    member_batch: usize,
+}
+
 /// A login rate: per second, or unbounded.
 #[derive(Debug, Clone, Copy)]
 struct Rate(Option<f64>);
@@ -384,6 +433,9 @@ fn main() -> anyhow::Result<()> {
                 bail!("--pairs must be at least 1");
             }
             runtime(args.common.threads)?.block_on(http_send::run(args))?;
+        }
+        Command::Group(args) => {
+            runtime(args.common.threads)?.block_on(group::run(args))?;
         }
     }
     Ok(())

@@ -201,3 +201,66 @@ async fn bench_over_the_protobuf_binding_with_tls() {
     let pb = server.pb.expect("protobuf listener").to_string();
     run_over("pb-tls", &pb, 401).await;
 }
+
+/// `confab-bench group` against Confab's XEP-0045 service at `conference.localhost`: the
+/// bench creates a members-only room, puts 19 users on its member list, 10 join and 2 send
+/// for 2 s; every message must reach each of the 10 occupants exactly once.
+#[tokio::test]
+async fn bench_group_fan_out_over_muc() {
+    let server = Server::builder()
+        .args(&["--registration", "open"])
+        .start()
+        .await;
+    let c2s = server.c2s.to_string();
+    let common = ["--server", c2s.as_str(), "--mech", "scram-sha-1"];
+    let with = |extra: &[&'static str]| {
+        let mut args: Vec<&str> = vec![extra[0]];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(&extra[1..]);
+        args
+    };
+    let report = bench(&with(&["register", "--count", "20", "--connections", "2"])).await;
+    assert_eq!(report["created"], 20, "{report}");
+
+    let report = bench(&with(&[
+        "group",
+        "--members",
+        "20",
+        "--online",
+        "10",
+        "--senders",
+        "2",
+        "--max",
+        "--inflight",
+        "8",
+        "--duration",
+        "2",
+        "--service",
+        "conference.localhost",
+        "--login-timeout",
+        "10",
+    ]))
+    .await;
+    let at = |key: &str| {
+        report[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {report}"))
+    };
+    assert_eq!(at("failed_logins"), 0, "{report}");
+    assert_eq!(report["created"], true, "{report}");
+    assert_eq!(report["member_list"]["listed"], 19, "{report}");
+    assert_eq!(at("failed_joins"), 0, "{report}");
+    assert_eq!(at("occupants"), 10, "{report}");
+    assert_eq!(at("senders"), 2, "{report}");
+    assert!(at("sent") > 0, "nothing sent: {report}");
+    assert_eq!(at("deliveries_expected"), at("sent") * 10, "{report}");
+    assert_eq!(at("received"), at("deliveries_expected"), "{report}");
+    assert_eq!(at("lost"), 0, "{report}");
+    assert_eq!(at("duplicated"), 0, "{report}");
+    assert_eq!(at("bounced"), 0, "{report}");
+    assert_eq!(at("history_replayed"), 0, "{report}");
+    for key in ["bounce_reasons", "send_errors", "drops", "join_failures"] {
+        assert_eq!(report[key], serde_json::json!({}), "{key}: {report}");
+    }
+    assert_eq!(report["latency"]["count"], report["received"], "{report}");
+}
