@@ -12,7 +12,7 @@
 //! constraint and a counter per conversation (SQLite: one `BEGIN IMMEDIATE` writer;
 //! PostgreSQL: `INSERT … ON CONFLICT` on a `conversations` row locked `FOR UPDATE`).
 
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use jid::BareJid;
 
@@ -78,6 +78,57 @@ pub struct ArchivedMessage {
     /// Server time at receipt, in milliseconds since the Unix epoch.
     pub stamp_ms: i64,
     /// The serialized `<message/>` as delivered.
+    pub xml: String,
+}
+
+/// What an [`Amendment`] does to an archived message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmendKind {
+    /// XEP-0424 retraction or XEP-0425 moderation: the visible copy becomes a tombstone and
+    /// the message is marked retracted, which no later amendment can undo.
+    Retract,
+    /// XEP-0308 correction: the visible copy becomes the corrected message.
+    Correct,
+}
+
+impl AmendKind {
+    /// The name stored in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retract => "retract",
+            Self::Correct => "correct",
+        }
+    }
+}
+
+/// A change to the copy of an archived message that readers (MAM, offline delivery, HTTP
+/// history) see. The copy it replaces is kept in the audit trail, never served to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amendment {
+    /// The server id of the message to amend.
+    pub server_id: String,
+    /// Retraction or correction.
+    pub kind: AmendKind,
+    /// The bare JID of whoever amends it (the sender, or a group moderator).
+    pub by: String,
+    /// Server time of the amendment, in milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// The new visible `<message/>`: a tombstone or the corrected message.
+    pub xml: String,
+}
+
+/// One superseded visible copy of an archived message, from the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageVersion {
+    /// 0 for the message as first committed, then 1, 2, … for each later copy replaced.
+    pub version: u32,
+    /// The amendment that replaced this copy.
+    pub replaced_by: AmendKind,
+    /// Who made that amendment (bare JID).
+    pub by: String,
+    /// When that amendment was made, in milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// The copy as readers saw it before.
     pub xml: String,
 }
 
@@ -282,6 +333,41 @@ pub trait ArchiveStore: Send + Sync {
     /// Replaces the owner's archiving preferences. A JID in both lists is kept in `never`
     /// only; the stored lists are sorted and free of repeats.
     async fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> StoreResult<()>;
+
+    /// The message of `conversation` that `id` names: the message with that server id, or
+    /// else, when `sender` is given, the message that sender committed with that client id
+    /// (XEP-0424 and XEP-0308 name a one-to-one message by the id its sender gave it).
+    /// Adapters without recall support answer `Unavailable`.
+    async fn find_message(
+        &self,
+        conversation: &str,
+        sender: Option<&str>,
+        id: &str,
+    ) -> StoreResult<Option<ArchivedMessage>> {
+        let _ = (conversation, sender, id);
+        Err(StoreError::Unavailable(
+            "message recall not supported".into(),
+        ))
+    }
+
+    /// Applies an [`Amendment`] atomically: the current visible copy goes to the audit trail
+    /// and the amendment's copy takes its place. `NotFound` when no such message is stored,
+    /// `Conflict` when it is already retracted (nothing then changes).
+    async fn amend(&self, amendment: &Amendment) -> StoreResult<()> {
+        let _ = amendment;
+        Err(StoreError::Unavailable(
+            "message recall not supported".into(),
+        ))
+    }
+
+    /// The audit trail of a message: every visible copy an amendment replaced, oldest first
+    /// (empty for a message never amended). For audits; never served to users.
+    async fn message_versions(&self, server_id: &str) -> StoreResult<Vec<MessageVersion>> {
+        let _ = server_id;
+        Err(StoreError::Unavailable(
+            "message recall not supported".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

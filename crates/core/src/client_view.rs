@@ -133,6 +133,27 @@ pub struct DocumentChange {
     pub xml: Option<String>,
 }
 
+/// One of an account's groups (persistent member rooms, docs/protocol/confab-groups.md) as
+/// its group list and the sync feed show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// The room's bare JID.
+    pub room: String,
+    /// The group's name.
+    pub name: String,
+    /// The avatar URL; empty when none is set.
+    pub avatar: String,
+    /// The announcement; empty when none is set.
+    pub announcement: String,
+    /// The owner's affiliation with the room: `member`, `admin` or `owner`.
+    pub affiliation: String,
+    /// The group conversation's highest sequence number; 0 before its first message.
+    pub last_seq: u64,
+    /// The server id of the message numbered `last_seq`, unless there is none (or retention
+    /// purged it).
+    pub last_id: Option<String>,
+}
+
 /// What changed for one account after a [`SyncToken`], or everything when there is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncFeed {
@@ -156,6 +177,13 @@ pub struct SyncFeed {
     /// Private XML storage documents that changed, sorted by key; in a snapshot only the
     /// stored ones.
     pub documents: Vec<DocumentChange>,
+    /// Groups the owner was added to or whose name, avatar, announcement or the owner's
+    /// affiliation changed, sorted by room JID. New messages in a group show under
+    /// `conversations`, not here.
+    pub groups: Vec<GroupSummary>,
+    /// Rooms the owner is no longer a member of (removed, or the group is gone), sorted.
+    /// Empty in a snapshot.
+    pub groups_removed: Vec<String>,
 }
 
 /// Why a sync request could not be answered.
@@ -184,7 +212,8 @@ pub enum SyncError {
 /// Client read models (see the module documentation).
 #[async_trait]
 pub trait ClientViewStore: Send + Sync {
-    /// One page of `owner`'s (bare JID) one-to-one conversations, most recently active first,
+    /// One page of `owner`'s (bare JID) one-to-one conversations and the conversations of the
+    /// groups it is a member of (`with` the room), most recently active first,
     /// starting after `after` (from the most recent without one). `limit` is capped at
     /// [`MAX_CONVERSATION_PAGE`]. A conversation with itself is listed once.
     async fn conversations(
@@ -193,6 +222,14 @@ pub trait ClientViewStore: Send + Sync {
         after: Option<&ConversationCursor>,
         limit: u32,
     ) -> StoreResult<ConversationPage>;
+
+    /// Every group whose member (`member`, `admin` or `owner`) `owner` (bare JID) is, sorted
+    /// by room JID. The default, for stores that keep no rooms, knows none; the conformance
+    /// suite holds a store that does keep rooms to the real answer.
+    async fn groups(&self, owner: &str) -> StoreResult<Vec<GroupSummary>> {
+        let _ = owner;
+        Ok(Vec::new())
+    }
 
     /// What changed for the account `username` (bare JID `owner`) after `since`, or a
     /// snapshot without it, read from one consistent state of the store. At most about

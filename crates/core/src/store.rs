@@ -304,6 +304,21 @@ pub trait RoomStore: Send + Sync {
     ) -> StoreResult<()>;
     /// A stored room's affiliations as `(bare JID, affiliation)`, sorted by JID.
     async fn affiliations(&self, room: &str) -> StoreResult<Vec<(String, String)>>;
+    /// Makes a stored room a group with `meta` (its members' group lists and sync feeds show
+    /// it), updates it, or with `None` makes it no group (its members see it removed).
+    /// `NotFound` if the room is not stored.
+    async fn put_group(&self, room: &str, meta: Option<&GroupMeta>) -> StoreResult<()>;
+}
+
+/// What a group list shows of a group besides its members (docs/protocol/confab-groups.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupMeta {
+    /// The group's name.
+    pub name: String,
+    /// An avatar URL; empty for none.
+    pub avatar: String,
+    /// The announcement; empty for none.
+    pub announcement: String,
 }
 
 /// Everything the IM core needs from storage, as one object the server wires in.

@@ -21,7 +21,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use confab_core::metrics::Metrics;
 use serde::Serialize;
 
@@ -93,6 +93,22 @@ fn routes() -> Vec<(&'static str, MethodRouter<HttpState>)> {
         ("/api/v1/sync", get(api::views::sync)),
         ("/api/v1/messages", post(api::send::send_message)),
         ("/api/v1/read", post(api::send::mark_read)),
+        (
+            "/api/v1/groups",
+            get(api::groups::list).post(api::groups::create),
+        ),
+        (
+            "/api/v1/groups/{jid}",
+            get(api::groups::show).patch(api::groups::update),
+        ),
+        (
+            "/api/v1/groups/{jid}/members",
+            post(api::groups::add_members),
+        ),
+        (
+            "/api/v1/groups/{jid}/members/{member}",
+            delete(api::groups::remove_member),
+        ),
     ]
 }
 

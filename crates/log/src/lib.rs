@@ -22,11 +22,13 @@
 
 pub mod mam;
 mod module;
+pub mod recall;
 pub mod receipt;
 pub mod submit;
 mod writer;
 
 pub use mam::MamModule;
 pub use module::LogModule;
+pub use recall::{Recall, RecallError};
 pub use submit::{CommitOutcome, capture_commit};
 pub use writer::{LogConfig, LogStats, MessageLog, PendingCommit};

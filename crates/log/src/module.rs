@@ -9,10 +9,14 @@
 //!
 //! What is archived: `<message/>` of type `chat`, `normal` or none (RFC 6121 §5.2.2), from a
 //! local account to a local account, carrying something a user would miss: a `<body/>`, a
-//! delivery receipt (XEP-0184), a chat marker (XEP-0333) or a `<store/>` hint (XEP-0334).
+//! delivery receipt (XEP-0184), a chat marker (XEP-0333), a `<store/>` hint (XEP-0334) or a
+//! retraction (XEP-0424). A retraction or correction (XEP-0308) first amends the message it
+//! names in the archive (see [`crate::recall`]); if that is refused, the sender gets the
+//! error and nothing is committed or delivered.
 //! Chat states alone, headlines, group chat and errors pass through untouched, as do
 //! messages asking not to be stored (XEP-0334 `<no-store/>`, `<no-permanent-store/>`).
 
+use crate::recall;
 use crate::receipt::{self, Receipt};
 use crate::submit::{CommitOutcome, offer};
 use crate::writer::{LogConfig, MessageLog};
@@ -72,6 +76,8 @@ fn archivable(message: &Element) -> bool {
             "received" => namespace == RECEIPTS || namespace == MARKERS,
             "displayed" | "acknowledged" => namespace == MARKERS,
             "store" => namespace == HINTS,
+            // XEP-0424: a retraction must reach the archive even without a fallback body.
+            "retract" => namespace == recall::RETRACT,
             _ => false,
         }
     })
@@ -107,8 +113,9 @@ impl Module for LogModule {
     }
 
     fn server_features(&self) -> &'static [&'static str] {
-        // XEP-0359 ("Determining support"): the server adds stanza ids; plus commit receipts.
-        &[receipt::SID, receipt::ACK]
+        // XEP-0359 ("Determining support"): the server adds stanza ids; plus commit receipts,
+        // and XEP-0424 §2: the server applies retractions to the archive (tombstones).
+        &[receipt::SID, receipt::ACK, recall::RETRACT]
     }
 
     async fn on_routed(&self, router: &Router, stanza: &mut Stanza) -> Flow {
@@ -141,6 +148,26 @@ impl Module for LogModule {
 
         let client_id = receipt::client_id(&stanza.element);
         let conversation = direct_conversation(&sender, &recipient);
+        // Ordinary messages pay this one scan of their children and no query.
+        if let Some(edit) = recall::edit_of(&stanza.element) {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let applied = self
+                .log
+                .recall()
+                .apply(
+                    &conversation,
+                    sender.as_str(),
+                    &edit,
+                    &stanza.element,
+                    now_ms,
+                )
+                .await;
+            if let Err(error) = applied {
+                tracing::debug!(%error, %sender, target = %edit.target, "edit refused");
+                router.reply_error(stanza, &error.to_stanza_error()).await;
+                return Flow::Handled;
+            }
+        }
         let counts_unread = stanza.element.has_child("body", ns::CLIENT);
         // Decided before the commit so the offline entry is part of it (see `for_later`), and
         // under the gate, held until the commit is done, so the offline delivery of an
@@ -238,6 +265,7 @@ mod tests {
             "<message xmlns='jabber:client'><received xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>",
             "<message xmlns='jabber:client'><acknowledged xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>",
             "<message xmlns='jabber:client'><reactions xmlns='urn:xmpp:reactions:0' id='m1'/><store xmlns='urn:xmpp:hints'/></message>",
+            "<message xmlns='jabber:client'><retract xmlns='urn:xmpp:message-retract:1' id='m1'/></message>",
         ];
         for xml in archived {
             assert!(archivable(&parse(xml)), "{xml}");

@@ -35,6 +35,7 @@
 //!
 //! [`ArchiveStore::append`]: confab_core::archive::ArchiveStore::append
 
+use crate::recall::Recall;
 use confab_core::archive::{CommitReceipt, NewMessage, new_server_id};
 use confab_core::store::{Store, StoreError, StoreResult};
 use parking_lot::Mutex;
@@ -56,6 +57,9 @@ pub struct LogConfig {
     pub retention: Option<Duration>,
     /// How often expired messages are purged when `retention` is set.
     pub purge_interval: Duration,
+    /// How long after its commit a message may be retracted by its sender (XEP-0424);
+    /// `None` for ever. Moderators (XEP-0425) are not bound by it.
+    pub retract_window: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -65,6 +69,7 @@ impl Default for LogConfig {
             max_batch: 2048,
             retention: None,
             purge_interval: Duration::from_secs(3600),
+            retract_window: Some(Duration::from_secs(86_400)),
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct MessageLog {
     stats: Arc<LogStats>,
     /// The retention task, stopped with the log.
     purger: Option<JoinHandle<()>>,
+    /// Retractions and corrections, over the same store.
+    recall: Recall,
 }
 
 impl std::fmt::Debug for MessageLog {
@@ -115,6 +122,7 @@ impl MessageLog {
     /// runtime.
     pub fn new(store: Arc<dyn Store>, config: LogConfig) -> Self {
         let (requests, queue) = mpsc::channel(config.queue_capacity.max(1));
+        let recall = Recall::new(store.clone(), config.retract_window);
         let stats = Arc::new(LogStats::default());
         tokio::spawn(write_batches(
             store.clone(),
@@ -130,6 +138,7 @@ impl MessageLog {
             order: Mutex::new(()),
             stats,
             purger,
+            recall,
         }
     }
 
@@ -173,6 +182,11 @@ impl MessageLog {
             permit.send(Request { message, reply });
         }
         Ok(PendingCommit { outcome })
+    }
+
+    /// Retraction, moderation and correction over the log's store (see [`Recall`]).
+    pub fn recall(&self) -> &Recall {
+        &self.recall
     }
 
     /// The writer's counters.

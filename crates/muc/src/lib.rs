@@ -44,6 +44,16 @@
 //! marks "this task is routing for room R"; stanzas for R arriving under it are queued and
 //! handled once R's lock is released, instead of deadlocking on it.
 //!
+//! **Groups** (docs/protocol/confab-groups.md). A room whose configuration has
+//! `muc#roomconfig_confab_group` is a group: a committed message is also sent to every
+//! available resource of every member (affiliation member and up) that is not an occupant,
+//! under the room's lock right after the occupants' copies; members without one get nothing
+//! queued and catch up from the archive. The HTTP API creates and manages groups through
+//! [`Muc::create_group`], [`Muc::update_group`] and [`Muc::set_member`], which apply the same
+//! admin and owner rules as `muc#admin`/`muc#owner` and notify occupants the same way; the
+//! affected account's other resources get a status 101 notice. Stored groups also write their
+//! list entry through [`RoomStore::put_group`], which feeds the sync feed.
+//!
 //! Several sessions of one account may share a nick (the others see one occupant; a
 //! session that leaves while another stays is not announced; such a session cannot change
 //! the shared nick alone).
@@ -57,15 +67,17 @@ pub mod room;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use confab_core::archive::{ArchiveStore, NewMessage, group_conversation};
-use confab_core::stanza::element;
+use confab_core::archive::{
+    AmendKind, ArchiveStore, NewMessage, group_conversation, new_server_id,
+};
+use confab_core::stanza::{element, set_attr};
 use confab_core::store::{RoomStore, StoreError};
 use confab_core::{
     BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType,
     StanzaKind,
 };
 use confab_log::receipt::{self, Receipt};
-use confab_log::{MessageLog, PendingCommit};
+use confab_log::{MessageLog, PendingCommit, recall};
 use confab_router::{Module, Router};
 use confab_sessions::Resource;
 use model::{Affiliation, RoomConfig};
@@ -98,6 +110,128 @@ pub enum MucError {
     /// Persistent rooms could not be loaded.
     #[error("loading persistent rooms: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Why a group request from the HTTP API (docs/protocol/confab-groups.md) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// No such group, or the caller is not one of its members (who may not learn more).
+    #[error("no such group")]
+    NotFound,
+    /// The caller is a member without the right (admins and owners manage a group).
+    #[error("only the group's admins and owners may do that")]
+    Forbidden,
+    /// The change would leave the group without an owner.
+    #[error("the group must keep an owner")]
+    LastOwner,
+    /// Nothing to do it with: the request names something invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The group could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<StanzaErrorCondition> for GroupError {
+    fn from(condition: StanzaErrorCondition) -> Self {
+        match condition {
+            StanzaErrorCondition::Conflict => Self::LastOwner,
+            _ => Self::Forbidden,
+        }
+    }
+}
+
+/// A group to create (`POST /api/v1/groups`).
+#[derive(Debug, Clone, Default)]
+pub struct NewGroup {
+    /// The group's name.
+    pub name: String,
+    /// Accounts to add as members besides the creator (the owner).
+    pub members: Vec<BareJid>,
+    /// Avatar URL; empty for none.
+    pub avatar: String,
+    /// Announcement; empty for none.
+    pub announcement: String,
+}
+
+/// A group as one of its members sees it.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    /// The room's bare JID.
+    pub jid: BareJid,
+    /// Name, avatar and announcement (and the rest of the room's configuration).
+    pub config: RoomConfig,
+    /// The asking member's affiliation.
+    pub affiliation: Affiliation,
+    /// Every member with its affiliation, sorted by JID.
+    pub members: Vec<(BareJid, Affiliation)>,
+}
+
+/// Copies of a group's message for its members' available resources that are not in the
+/// room (docs/protocol/confab-groups.md): joined sessions get theirs from [`Room::broadcast`],
+/// so none gets it twice. Nothing for a room that is no group, and nothing is queued for a
+/// member without an available resource: it catches up through MAM on the room or the HTTP
+/// history instead of an offline queue flooded by every group it is in.
+fn member_copies(router: &Router, room: &Room, message: &Element) -> Vec<Stanza> {
+    if !room.config.group {
+        return Vec::new();
+    }
+    let from = message.attr("from").and_then(|f| Jid::new(f).ok());
+    let mut copies = Vec::new();
+    for (member, _) in room.members() {
+        for resource in router.sessions.available(member) {
+            if room.has_occupant(&resource.jid) {
+                continue;
+            }
+            let mut element = message.clone();
+            set_attr(&mut element, "to", Some(resource.jid.to_string()));
+            copies.push(Stanza {
+                kind: StanzaKind::Message,
+                element,
+                to: Some(resource.jid.clone().into()),
+                from: from.clone(),
+            });
+        }
+    }
+    copies
+}
+
+/// XEP-0045 status 101 ("your affiliation changed while you were not in the room", §15.2) to
+/// the available resources of `who` that are not in the room: how a member's devices learn
+/// they were added to or removed from a group they never joined.
+fn affiliation_notices(
+    router: &Router,
+    room: &Room,
+    who: &BareJid,
+    affiliation: Affiliation,
+) -> Vec<Stanza> {
+    let mut x = element("x", ns::MUC_USER, &[]);
+    x.append_child(element(
+        "item",
+        ns::MUC_USER,
+        &[("affiliation", affiliation.as_str()), ("jid", who.as_str())],
+    ));
+    x.append_child(element("status", ns::MUC_USER, &[("code", "101")]));
+    router
+        .sessions
+        .available(who)
+        .into_iter()
+        .filter(|resource| !room.has_occupant(&resource.jid))
+        .map(|resource| {
+            let mut message = element(
+                "message",
+                ns::CLIENT,
+                &[("from", room.jid.as_str()), ("to", resource.jid.as_str())],
+            );
+            message.append_child(x.clone());
+            Stanza {
+                kind: StanzaKind::Message,
+                element: message,
+                to: Some(resource.jid.clone().into()),
+                from: Some(room.jid.clone().into()),
+            }
+        })
+        .collect()
 }
 
 /// A groupchat message queued for commit, between the room's two turns with it (see
@@ -306,6 +440,16 @@ impl Muc {
                     .await;
                 return;
             }
+            if let Some(from) = &full
+                && self.archive.is_some()
+                && is_moderation(&stanza, &to)
+            {
+                let moderator = room.moderator_jid(from);
+                drop(room);
+                self.moderate(router, &handle, &stanza, &room_jid, from, moderator)
+                    .await;
+                return;
+            }
             let mut outcome = match (stanza.kind, to.try_as_full(), &full) {
                 (StanzaKind::Iq, Ok(_), _) if answer => room.iq_response(&stanza, &from),
                 (_, _, None) => return,
@@ -338,7 +482,8 @@ impl Muc {
             };
             let mut committing = None;
             if let (Some(message), Some(from)) = (outcome.accepted.take(), &full) {
-                let (stanzas, pending) = self.accept(&mut room, message, &stanza, from).await;
+                let (stanzas, pending) =
+                    self.accept(router, &mut room, message, &stanza, from).await;
                 outcome.stanzas.extend(stanzas);
                 committing = pending;
             }
@@ -351,6 +496,133 @@ impl Muc {
             }
             return;
         }
+    }
+
+    /// The service's domain (`conference.<domain>`).
+    pub fn domain(&self) -> &BareJid {
+        &self.domain
+    }
+
+    /// Creates a group as `creator` (docs/protocol/confab-groups.md): a persistent,
+    /// members-only, hidden, non-anonymous room flagged as a group, with a generated JID,
+    /// stored before it is offered. Members' available resources get the status 101 notice.
+    pub async fn create_group(
+        &self,
+        router: &Router,
+        creator: &BareJid,
+        group: NewGroup,
+    ) -> Result<BareJid, GroupError> {
+        let jid = BareJid::new(&format!("{}@{}", new_server_id(), self.domain))
+            .map_err(|e| GroupError::Invalid(format!("group JID: {e}")))?;
+        let config = RoomConfig {
+            name: group.name,
+            persistent: true,
+            public: false,
+            members_only: true,
+            whois: model::Whois::Anyone,
+            group: true,
+            avatar: group.avatar,
+            announcement: group.announcement,
+            ..RoomConfig::default()
+        };
+        let mut room = Room::create_group(
+            jid.clone(),
+            creator.clone(),
+            group.members,
+            config,
+            self.history_max,
+        );
+        room.archived = self.archive.is_some();
+        self.save(&room, true).await?;
+        let mut notices = Vec::new();
+        for (member, affiliation) in room.members() {
+            notices.extend(affiliation_notices(router, &room, member, affiliation));
+        }
+        self.rooms
+            .lock()
+            .insert(jid.clone(), Arc::new(Mutex::new(room)));
+        tracing::debug!(room = %jid, %creator, "group created");
+        for notice in notices {
+            router.route(notice).await;
+        }
+        Ok(jid)
+    }
+
+    /// The live group `room`, locked, if `who` is one of its members.
+    async fn member_of(
+        &self,
+        room: &BareJid,
+        who: &BareJid,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Room>, GroupError> {
+        let handle = self
+            .rooms
+            .lock()
+            .get(room)
+            .cloned()
+            .ok_or(GroupError::NotFound)?;
+        let guard = handle.lock_owned().await;
+        if guard.gone || !guard.config.group || guard.affiliation_of(who) < Affiliation::Member {
+            return Err(GroupError::NotFound);
+        }
+        Ok(guard)
+    }
+
+    /// The group `room` as its member `who` sees it.
+    pub async fn group(&self, room: &BareJid, who: &BareJid) -> Result<GroupView, GroupError> {
+        let guard = self.member_of(room, who).await?;
+        let mut members: Vec<(BareJid, Affiliation)> =
+            guard.members().map(|(j, a)| (j.clone(), a)).collect();
+        members.sort();
+        Ok(GroupView {
+            jid: guard.jid.clone(),
+            config: guard.config.clone(),
+            affiliation: guard.affiliation_of(who),
+            members,
+        })
+    }
+
+    /// Sets the name, avatar and announcement given, as `actor` (an admin or owner); stored,
+    /// and occupants get the status 104 notice.
+    pub async fn update_group(
+        &self,
+        router: &Router,
+        actor: &BareJid,
+        room: &BareJid,
+        name: Option<String>,
+        avatar: Option<String>,
+        announcement: Option<String>,
+    ) -> Result<(), GroupError> {
+        let mut guard = self.member_of(room, actor).await?;
+        let outcome = guard.set_group_meta(actor, name, avatar, announcement)?;
+        let deferred = self.finish(router, &mut guard, outcome).await;
+        drop(guard);
+        self.handle_deferred(router, deferred).await;
+        Ok(())
+    }
+
+    /// Gives `member` the `affiliation` (`member` to add, `none` to remove) as `actor`,
+    /// under the XEP-0045 §9/§10 rules (a member may remove itself). Stored; occupants see
+    /// the admin use case's presence, the member's other resources the status 101 notice.
+    pub async fn set_member(
+        &self,
+        router: &Router,
+        actor: &BareJid,
+        room: &BareJid,
+        member: &BareJid,
+        affiliation: Affiliation,
+    ) -> Result<(), GroupError> {
+        let mut guard = self.member_of(room, actor).await?;
+        let before = guard.affiliation_of(member);
+        let mut outcome = guard.change_affiliation(actor, member.clone(), affiliation)?;
+        if before != affiliation {
+            outcome
+                .stanzas
+                .extend(affiliation_notices(router, &guard, member, affiliation));
+        }
+        let deferred = self.finish(router, &mut guard, outcome).await;
+        drop(guard);
+        self.handle_deferred(router, deferred).await;
+        Ok(())
     }
 
     /// Whether the account `who` may read the archive of `room` under the room's rules (see
@@ -370,19 +642,44 @@ impl Muc {
     /// and the commit to finish once the lock is released.
     async fn accept(
         &self,
+        router: &Router,
         room: &mut Room,
         mut message: Element,
         stanza: &Stanza,
         from: &FullJid,
     ) -> (Vec<Stanza>, Option<Committing>) {
         let Some(archive) = &self.archive else {
-            return (room.broadcast(message, Utc::now()), None);
+            let copies = member_copies(router, room, &message);
+            let mut stanzas = room.broadcast(message, Utc::now());
+            stanzas.extend(copies);
+            return (stanzas, None);
         };
         let client_id = receipt::client_id(&stanza.element);
         let room_jid = room.jid.to_string();
         let conversation = group_conversation(&room.jid);
         let sender = from.to_bare().to_string();
         let counts_unread = message.has_child("body", ns::CLIENT);
+        // XEP-0424/XEP-0308 in a room: the edit amends the room's archive before it is
+        // committed and broadcast; a refused edit goes back to its sender only.
+        if let Some(edit) = recall::edit_of(&message) {
+            let now_ms = Utc::now().timestamp_millis();
+            let applied = archive
+                .log
+                .recall()
+                .apply(&conversation, &sender, &edit, &message, now_ms)
+                .await;
+            match applied {
+                Ok(server_id) => room.amend_history(&server_id, |remembered| match edit.kind {
+                    AmendKind::Retract => recall::tombstone(remembered, now_ms, None),
+                    AmendKind::Correct => recall::corrected(remembered, &message),
+                }),
+                Err(error) => {
+                    tracing::debug!(room = %room_jid, %error, %sender, "group edit refused");
+                    let reply = stanza.error_reply(&error.to_stanza_error());
+                    return (reply.into_iter().collect(), None);
+                }
+            }
+        }
         let submitted = archive
             .log
             .submit(|server_id| {
@@ -480,8 +777,10 @@ impl Muc {
             return;
         }
         let stamp = DateTime::from_timestamp_millis(committed.stamp_ms).unwrap_or_else(Utc::now);
+        let mut stanzas = room.broadcast(message.clone(), stamp);
+        stanzas.extend(member_copies(router, &room, &message));
         let outcome = Outcome {
-            stanzas: room.broadcast(message, stamp),
+            stanzas,
             ..Outcome::default()
         };
         let deferred = self.finish(router, &mut room, outcome).await;
@@ -491,6 +790,100 @@ impl Muc {
         self.handle_deferred(router, deferred).await;
     }
 
+    /// XEP-0425 §4: a moderator retracts a message of the room. The archive is amended
+    /// outside the room's lock (like a MAM query); the notice (§5) is then broadcast under
+    /// it. `moderator` is the requester's occupant JID when it is a moderator.
+    async fn moderate(
+        &self,
+        router: &Router,
+        handle: &Mutex<Room>,
+        stanza: &Stanza,
+        room_jid: &BareJid,
+        from: &FullJid,
+        moderator: Option<FullJid>,
+    ) {
+        let Some(archive) = &self.archive else {
+            return;
+        };
+        let request = stanza.payload().filter(|p| {
+            p.is("moderate", recall::MODERATE) && p.has_child("retract", recall::RETRACT)
+        });
+        let Some((request, id)) =
+            request.and_then(|r| r.attr("id").filter(|id| !id.is_empty()).map(|id| (r, id)))
+        else {
+            router
+                .bounce(stanza, StanzaErrorCondition::BadRequest)
+                .await;
+            return;
+        };
+        let Some(moderator) = moderator else {
+            router.bounce(stanza, StanzaErrorCondition::Forbidden).await;
+            return;
+        };
+        let reason = request
+            .get_child("reason", recall::MODERATE)
+            .map(Element::text)
+            .filter(|reason| !reason.is_empty());
+        // The audit trail records the account; the notice names the occupant, as §5 asks.
+        let by = from.to_bare().to_string();
+        let now_ms = Utc::now().timestamp_millis();
+        let moderated = archive
+            .log
+            .recall()
+            .moderate(
+                &group_conversation(room_jid),
+                id,
+                &by,
+                reason.as_deref(),
+                now_ms,
+            )
+            .await;
+        if let Err(error) = moderated {
+            tracing::debug!(room = %room_jid, %error, "moderation refused");
+            router.reply_error(stanza, &error.to_stanza_error()).await;
+            return;
+        }
+        let mut retract = element("retract", recall::RETRACT, &[("id", id)]);
+        retract.append_child(element(
+            "moderated",
+            recall::MODERATE,
+            &[("by", moderator.as_str())],
+        ));
+        if let Some(reason) = &reason {
+            let mut text = element("reason", recall::RETRACT, &[]);
+            text.append_text(reason.as_str());
+            retract.append_child(text);
+        }
+        let notice_id = new_server_id();
+        let mut notice = element(
+            "message",
+            ns::CLIENT,
+            &[
+                ("type", "groupchat"),
+                ("from", room_jid.as_str()),
+                ("id", notice_id.as_str()),
+            ],
+        );
+        notice.append_child(retract);
+        let mut room = handle.lock().await;
+        if !room.gone {
+            room.amend_history(id, |remembered| {
+                recall::tombstone(
+                    remembered,
+                    now_ms,
+                    Some((moderator.as_str(), reason.as_deref())),
+                )
+            });
+            let outcome = Outcome {
+                stanzas: room.broadcast(notice, Utc::now()),
+                ..Outcome::default()
+            };
+            let deferred = self.finish(router, &mut room, outcome).await;
+            drop(room);
+            self.handle_deferred(router, deferred).await;
+        }
+        router.route(stanza.iq_result(None)).await;
+    }
     /// XEP-0313 §5: a query on the room's archive, answered from the archive once the
     /// room's lock is released. `allowed` is the room's verdict on the requester.
     async fn room_mam(
@@ -689,7 +1082,10 @@ impl Muc {
                     .await?;
             }
         }
-        Ok(())
+        // After the affiliations, so a new group's row finds its members (migration 0010).
+        self.store
+            .put_group(jid, room.config.group_meta().as_ref())
+            .await
     }
 
     /// A stanza to the service's own JID: disco (§6.1–§6.3).
@@ -815,6 +1211,16 @@ impl Module for Muc {
             self.handle_deferred(router, deferred).await;
         }
     }
+}
+
+/// Whether `stanza` is an XEP-0425 moderation request (an IQ `set`) to the room's bare JID.
+fn is_moderation(stanza: &Stanza, to: &Jid) -> bool {
+    stanza.kind == StanzaKind::Iq
+        && to.resource().is_none()
+        && stanza.type_attr() == Some("set")
+        && stanza
+            .payload()
+            .is_some_and(|p| p.is("moderate", recall::MODERATE))
 }
 
 /// Whether `stanza` is an XEP-0313 query (an IQ `set`) or a request for its form (`get`)

@@ -129,6 +129,13 @@ pub struct RoomConfig {
     pub subject: String,
     /// The nick that set the subject, for the `from` of the subject message on join.
     pub subject_by: String,
+    /// `muc#roomconfig_confab_group`: a group (docs/protocol/confab-groups.md): members get
+    /// every message on all their available resources, joined or not.
+    pub group: bool,
+    /// `muc#roomconfig_confab_avatar`: the group's avatar URL; empty for none.
+    pub avatar: String,
+    /// `muc#roomconfig_confab_announcement`: the group's announcement; empty for none.
+    pub announcement: String,
 }
 
 impl Default for RoomConfig {
@@ -148,6 +155,9 @@ impl Default for RoomConfig {
             allow_invites: false,
             subject: String::new(),
             subject_by: String::new(),
+            group: false,
+            avatar: String::new(),
+            announcement: String::new(),
         }
     }
 }
@@ -174,9 +184,21 @@ mod field {
     pub const MAX_USERS: &str = "muc#roomconfig_maxusers";
     pub const CHANGE_SUBJECT: &str = "muc#roomconfig_changesubject";
     pub const ALLOW_INVITES: &str = "muc#roomconfig_allowinvites";
+    pub const GROUP: &str = "muc#roomconfig_confab_group";
+    pub const AVATAR: &str = "muc#roomconfig_confab_avatar";
+    pub const ANNOUNCEMENT: &str = "muc#roomconfig_confab_announcement";
 }
 
 impl RoomConfig {
+    /// What a group list shows of the room when it is a group.
+    pub fn group_meta(&self) -> Option<confab_core::store::GroupMeta> {
+        self.group.then(|| confab_core::store::GroupMeta {
+            name: self.name.clone(),
+            avatar: self.avatar.clone(),
+            announcement: self.announcement.clone(),
+        })
+    }
+
     /// Whether a password is required to enter.
     pub fn needs_password(&self) -> bool {
         self.password_protected && !self.secret.is_empty()
@@ -225,6 +247,7 @@ impl RoomConfig {
                 "Occupants may invite",
                 self.allow_invites,
             ),
+            (field::GROUP, "Members get messages everywhere", self.group),
         ] {
             form.append_child(form_field(
                 var,
@@ -233,6 +256,18 @@ impl RoomConfig {
                 &[bool_value(value)],
             ));
         }
+        form.append_child(form_field(
+            field::AVATAR,
+            "text-single",
+            Some("Avatar URL"),
+            &[&self.avatar],
+        ));
+        form.append_child(form_field(
+            field::ANNOUNCEMENT,
+            "text-single",
+            Some("Announcement"),
+            &[&self.announcement],
+        ));
         form.append_child(form_field(
             field::SECRET,
             "text-private",
@@ -295,6 +330,9 @@ impl RoomConfig {
                 field::SECRET => next.secret = value.clone(),
                 field::CHANGE_SUBJECT => next.change_subject = boolean()?,
                 field::ALLOW_INVITES => next.allow_invites = boolean()?,
+                field::GROUP => next.group = boolean()?,
+                field::AVATAR => next.avatar = value.clone(),
+                field::ANNOUNCEMENT => next.announcement = value.clone(),
                 field::WHOIS => {
                     next.whois = match value.as_str() {
                         "moderators" => Whois::Moderators,
@@ -403,6 +441,9 @@ mod tests {
             whois: Whois::Anyone,
             max_users: 20,
             allow_invites: true,
+            group: true,
+            avatar: "https://example.org/coven.png".into(),
+            announcement: "Full moon tonight".into(),
             ..RoomConfig::default()
         };
         // `apply_form` reads fields only; the caller checks `type='submit'`.

@@ -18,3 +18,5 @@ pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 pub const SID: &str = "urn:xmpp:sid:0";
 /// XEP-0313: message archive management, here on the room's JID.
 pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0425: moderated message retraction, offered by rooms whose archive it amends.
+pub const MODERATE: &str = "urn:xmpp:message-moderate:1";

@@ -331,6 +331,14 @@ impl Room {
             .unwrap_or(Affiliation::None)
     }
 
+    /// The occupant JID (`room/nick`) of the session `jid` when it is a moderator here: who
+    /// may retract others' messages (XEP-0425 §4).
+    pub fn moderator_jid(&self, jid: &FullJid) -> Option<FullJid> {
+        self.occupant_by_jid(jid)
+            .filter(|occupant| occupant.role == Role::Moderator)
+            .map(|occupant| occupant.room_jid.clone())
+    }
+
     fn occupant_by_jid(&self, jid: &FullJid) -> Option<&Occupant> {
         self.nick_of.get(jid).and_then(|n| self.occupants.get(n))
     }
@@ -815,6 +823,24 @@ impl Room {
         });
     }
 
+    /// Replaces the remembered copy of the message the room gave the stanza-id `server_id`
+    /// with `amend` of it, so occupants joining after a retraction or correction get what
+    /// the archive serves (XEP-0424, XEP-0308), not the original.
+    pub fn amend_history(&mut self, server_id: &str, amend: impl FnOnce(&Element) -> Element) {
+        let room = self.jid.to_string();
+        let ours = |item: &HistoryItem| {
+            item.message.children().any(|child| {
+                child.is("stanza-id", ns::SID)
+                    && child.attr("id") == Some(server_id)
+                    && child.attr("by") == Some(room.as_str())
+            })
+        };
+        if let Some(item) = self.history.iter_mut().find(|item| ours(item)) {
+            item.message = amend(&item.message);
+            item.chars = String::from(&item.message).chars().count();
+        }
+    }
+
     /// The newest messages within the request's limits, oldest first, each with an XEP-0203
     /// delay stamped by the room (§7.2.12).
     fn history_for(&self, request: &HistoryRequest) -> Vec<Element> {
@@ -1109,10 +1135,11 @@ impl Room {
             ns::DISCO_INFO,
             &[("category", "conference"), ("type", "text"), ("name", name)],
         ));
-        let archive = self.archived.then_some(ns::MAM);
+        // XEP-0425 §3: moderation works on the archive, so only archived rooms offer it.
+        let archive = self.archived.then_some([ns::MAM, ns::MODERATE]);
         for feature in [ns::DISCO_INFO]
             .into_iter()
-            .chain(archive)
+            .chain(archive.into_iter().flatten())
             .chain(self.config.features())
         {
             query.append_child(element("feature", ns::DISCO_INFO, &[("var", feature)]));
@@ -1489,29 +1516,131 @@ impl Room {
                         }
                         _ => {}
                     }
-                    let mut x = element("x", ns::MUC_USER, &[]);
-                    for code in codes {
-                        x.append_child(element(
-                            "status",
-                            ns::MUC_USER,
-                            &[("code", &code.to_string())],
-                        ));
-                    }
-                    let mut notice = element("message", ns::CLIENT, &[("type", "groupchat")]);
-                    notice.append_child(x);
-                    set_attr(&mut notice, "from", Some(self.jid.to_string()));
-                    let from = Some(Jid::from(self.jid.clone()));
-                    for session in self.occupants.values().flat_map(Occupant::session_jids) {
-                        outcome
-                            .stanzas
-                            .push(deliver(notice.clone(), from.clone(), session));
-                    }
+                    outcome.stanzas.extend(self.config_notice(&codes));
                 }
                 outcome.stanzas.push(stanza.iq_result(None));
                 outcome
             }
             _ => Outcome::error(stanza, StanzaErrorCondition::BadRequest),
         }
+    }
+
+    /// §10.2.1: the message telling every occupant that the configuration changed, with the
+    /// status `codes` (104 and the anonymity ones).
+    fn config_notice(&self, codes: &[u16]) -> Vec<Stanza> {
+        let mut x = element("x", ns::MUC_USER, &[]);
+        for code in codes {
+            x.append_child(element(
+                "status",
+                ns::MUC_USER,
+                &[("code", &code.to_string())],
+            ));
+        }
+        let mut notice = element("message", ns::CLIENT, &[("type", "groupchat")]);
+        notice.append_child(x);
+        set_attr(&mut notice, "from", Some(self.jid.to_string()));
+        let from = Some(Jid::from(self.jid.clone()));
+        self.occupants
+            .values()
+            .flat_map(Occupant::session_jids)
+            .map(|session| deliver(notice.clone(), from.clone(), session))
+            .collect()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Groups (docs/protocol/confab-groups.md): the same rules as the XEP-0045 admin and
+    // owner use cases, for requests that come from the HTTP API as an account, not a session.
+
+    /// A group `creator` makes through the API: persistent, members-only, hidden, open to
+    /// every member's real JID, unlocked, with `members` as members.
+    pub fn create_group(
+        jid: BareJid,
+        creator: BareJid,
+        members: impl IntoIterator<Item = BareJid>,
+        config: RoomConfig,
+        history_max: usize,
+    ) -> Self {
+        let mut room = Self::restore(jid, config, Vec::new(), history_max);
+        for member in members {
+            room.affiliations.insert(member, Affiliation::Member);
+        }
+        room.affiliations.insert(creator, Affiliation::Owner);
+        room
+    }
+
+    /// The affiliation of an account (`none` when it has none).
+    pub fn affiliation_of(&self, jid: &BareJid) -> Affiliation {
+        self.affiliation(jid)
+    }
+
+    /// Members, admins and owners: who gets a group's messages everywhere.
+    pub fn members(&self) -> impl Iterator<Item = (&BareJid, Affiliation)> {
+        self.affiliations
+            .iter()
+            .filter(|(_, a)| **a >= Affiliation::Member)
+            .map(|(jid, a)| (jid, *a))
+    }
+
+    /// Sets a group's name, avatar and announcement (those given) as `actor`, who must be an
+    /// admin or owner. Occupants get the §10.2.1 status 104 notice when anything changed.
+    pub fn set_group_meta(
+        &mut self,
+        actor: &BareJid,
+        name: Option<String>,
+        avatar: Option<String>,
+        announcement: Option<String>,
+    ) -> Result<Outcome, StanzaErrorCondition> {
+        if self.affiliation(actor) < Affiliation::Admin {
+            return Err(StanzaErrorCondition::Forbidden);
+        }
+        let before = self.config.clone();
+        if let Some(name) = name {
+            self.config.name = name;
+        }
+        if let Some(avatar) = avatar {
+            self.config.avatar = avatar;
+        }
+        if let Some(announcement) = announcement {
+            self.config.announcement = announcement;
+        }
+        let mut outcome = Outcome::default();
+        if before != self.config {
+            outcome.stanzas = self.config_notice(&[status::CONFIG_CHANGED]);
+            if self.config.persistent {
+                outcome.effects.push(Effect::Save { all: false });
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Changes `jid`'s affiliation as the account `actor` under the §9/§10 rules (an admin
+    /// manages members, an owner everyone), except that anyone below owner may drop their own
+    /// affiliation (leave the group). The last owner cannot go. Occupants see what the
+    /// XEP-0045 admin use cases show them.
+    pub fn change_affiliation(
+        &mut self,
+        actor: &BareJid,
+        jid: BareJid,
+        affiliation: Affiliation,
+    ) -> Result<Outcome, StanzaErrorCondition> {
+        let current = self.affiliation(&jid);
+        let leaving = *actor == jid && affiliation == Affiliation::None;
+        if !(leaving && current < Affiliation::Owner) {
+            affiliation_change_allowed(self.affiliation(actor), current, affiliation)?;
+        }
+        let owners_after = self
+            .affiliations
+            .iter()
+            .filter(|(j, a)| **a == Affiliation::Owner && **j != jid)
+            .count()
+            + usize::from(affiliation == Affiliation::Owner);
+        if owners_after == 0 {
+            return Err(StanzaErrorCondition::Conflict);
+        }
+        if current == affiliation {
+            return Ok(Outcome::default());
+        }
+        Ok(self.apply_affiliation(jid, affiliation, None, None))
     }
 
     /// §10.9: everyone leaves with the `<destroy/>` (alternate venue, reason); the room is
@@ -1843,6 +1972,63 @@ mod tests {
         assert_eq!(
             delay.attr("stamp"),
             Some(stamp.to_rfc3339_opts(SecondsFormat::Millis, true).as_str())
+        );
+    }
+
+    /// Group management through the API follows the admin and owner rules: a plain member
+    /// may neither rename nor add, may remove itself, and the last owner cannot go; a rename
+    /// reaches occupants as status 104 and is stored.
+    #[test]
+    fn group_management_rules() {
+        let bare = |s: &str| BareJid::new(s).expect("jid");
+        let config = RoomConfig {
+            persistent: true,
+            members_only: true,
+            group: true,
+            ..RoomConfig::default()
+        };
+        let mut room = Room::create_group(bare("g@c.x"), bare("o@x"), [bare("m@x")], config, 5);
+        let members: Vec<_> = room.members().map(|(j, a)| (j.to_string(), a)).collect();
+        assert_eq!(members.len(), 2);
+        assert_eq!(
+            room.set_group_meta(&bare("m@x"), Some("n".into()), None, None)
+                .err(),
+            Some(StanzaErrorCondition::Forbidden)
+        );
+        assert!(
+            room.change_affiliation(&bare("m@x"), bare("z@x"), Affiliation::Member)
+                .is_err()
+        );
+        // The owner joins, then renames: the notice and a save.
+        let join = stanza("<presence xmlns='jabber:client' from='o@x/a' to='g@c.x/O'/>");
+        let out = room.presence(&join, &jid("o@x/a"), &jid("g@c.x/O"));
+        assert_eq!(error_of(&out), None);
+        let out = room
+            .set_group_meta(&bare("o@x"), Some("Coven".into()), None, None)
+            .expect("owner may");
+        assert_eq!(out.effects, [Effect::Save { all: false }]);
+        assert_eq!(out.stanzas.len(), 1);
+        let notice = &out.stanzas[0].element;
+        let x = notice.get_child("x", ns::MUC_USER).expect("x");
+        assert!(x.children().any(|c| c.attr("code") == Some("104")));
+        // The same again changes nothing and tells nobody.
+        let out = room
+            .set_group_meta(&bare("o@x"), Some("Coven".into()), None, None)
+            .expect("owner may");
+        assert!(out.stanzas.is_empty() && out.effects.is_empty());
+        // A member leaves by itself; the last owner cannot.
+        let out = room
+            .change_affiliation(&bare("m@x"), bare("m@x"), Affiliation::None)
+            .expect("leaving");
+        assert_eq!(
+            out.effects,
+            [Effect::SetAffiliation(bare("m@x"), Affiliation::None)]
+        );
+        assert_eq!(room.affiliation_of(&bare("m@x")), Affiliation::None);
+        assert_eq!(
+            room.change_affiliation(&bare("o@x"), bare("o@x"), Affiliation::None)
+                .err(),
+            Some(StanzaErrorCondition::Conflict)
         );
     }
 

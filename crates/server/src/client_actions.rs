@@ -6,9 +6,14 @@ use confab_core::archive::{direct_conversation, new_server_id};
 use confab_core::stanza::element;
 use confab_core::{BareJid, Element, FullJid, Jid, Stanza, ns};
 use confab_http::api::Caller;
+use confab_http::api::groups::{
+    CreateGroup, GroupActionError, GroupDetail, GroupEntry, GroupMember, GroupPatch,
+};
 use confab_http::api::send::{ActionError, ClientActions, ReadState, SendRequest, SentMessage};
 use confab_log::{CommitOutcome, capture_commit};
 use confab_modules::markers::advance_read_position;
+use confab_muc::GroupError;
+use confab_muc::model::Affiliation;
 use confab_router::Router;
 use confab_sessions::Resource;
 use std::sync::Arc;
@@ -57,6 +62,23 @@ impl RouterActions {
             .ok_or(ActionError::SessionGone)
     }
 
+    /// The conference service, or `Disabled` when MUC is off.
+    fn muc(&self) -> Result<&confab_muc::Muc, GroupActionError> {
+        self.groups.as_deref().ok_or(GroupActionError::Disabled)
+    }
+
+    /// Errors unless every one of `members` is an account of this server.
+    async fn check_members(&self, members: &[BareJid]) -> Result<(), GroupActionError> {
+        for member in members {
+            match self.check_recipient(member).await {
+                Ok(()) => {}
+                Err(ActionError::Storage(error)) => return Err(error.into()),
+                Err(_) => return Err(GroupActionError::NoSuchAccount(member.to_string())),
+            }
+        }
+        Ok(())
+    }
+
     /// Errors unless `to` is an account of this server.
     async fn check_recipient(&self, to: &BareJid) -> Result<(), ActionError> {
         let missing = || ActionError::NoSuchAccount(to.to_string());
@@ -69,6 +91,17 @@ impl RouterActions {
         } else {
             Err(missing())
         }
+    }
+}
+
+/// The API's view of the conference service's refusal.
+fn group_error(error: GroupError) -> GroupActionError {
+    match error {
+        GroupError::NotFound => GroupActionError::NotFound,
+        GroupError::Forbidden => GroupActionError::Forbidden,
+        GroupError::LastOwner => GroupActionError::LastOwner,
+        GroupError::Invalid(message) => GroupActionError::Invalid(message),
+        GroupError::Store(error) => GroupActionError::Storage(error),
     }
 }
 
@@ -110,6 +143,120 @@ impl ClientActions for RouterActions {
             .as_ref()?
             .may_read_archive(room, &caller.owner)
             .await
+    }
+
+    async fn create_group(
+        &self,
+        caller: &Caller,
+        request: CreateGroup,
+        members: Vec<BareJid>,
+    ) -> Result<String, GroupActionError> {
+        let muc = self.muc()?;
+        self.check_members(&members).await?;
+        let group = confab_muc::NewGroup {
+            name: request.name,
+            members,
+            avatar: request.avatar.unwrap_or_default(),
+            announcement: request.announcement.unwrap_or_default(),
+        };
+        let jid = muc
+            .create_group(&self.router, &caller.owner, group)
+            .await
+            .map_err(group_error)?;
+        Ok(jid.to_string())
+    }
+
+    async fn group(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+    ) -> Result<GroupDetail, GroupActionError> {
+        let view = self
+            .muc()?
+            .group(room, &caller.owner)
+            .await
+            .map_err(group_error)?;
+        Ok(GroupDetail {
+            group: GroupEntry {
+                jid: view.jid.to_string(),
+                name: view.config.name,
+                avatar: view.config.avatar,
+                announcement: view.config.announcement,
+                affiliation: view.affiliation.as_str().to_owned(),
+                last_seq: 0,
+                last_id: None,
+            },
+            members: view
+                .members
+                .into_iter()
+                .map(|(jid, affiliation)| GroupMember {
+                    jid: jid.to_string(),
+                    affiliation: affiliation.as_str().to_owned(),
+                })
+                .collect(),
+        })
+    }
+
+    async fn update_group(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+        patch: GroupPatch,
+    ) -> Result<(), GroupActionError> {
+        self.muc()?
+            .update_group(
+                &self.router,
+                &caller.owner,
+                room,
+                patch.name,
+                patch.avatar,
+                patch.announcement,
+            )
+            .await
+            .map_err(group_error)
+    }
+
+    async fn add_members(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+        members: Vec<BareJid>,
+    ) -> Result<(), GroupActionError> {
+        let muc = self.muc()?;
+        self.check_members(&members).await?;
+        for member in &members {
+            // Adding never demotes: an admin or owner named again keeps the rank.
+            let current = muc
+                .group(room, member)
+                .await
+                .map(|view| view.affiliation)
+                .unwrap_or(Affiliation::None);
+            if current >= Affiliation::Member {
+                continue;
+            }
+            muc.set_member(
+                &self.router,
+                &caller.owner,
+                room,
+                member,
+                Affiliation::Member,
+            )
+            .await
+            .map_err(group_error)?;
+        }
+        Ok(())
+    }
+
+    async fn remove_member(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+        member: &BareJid,
+    ) -> Result<(), GroupActionError> {
+        self.muc()?
+            .set_member(&self.router, &caller.owner, room, member, Affiliation::None)
+            .await
+            .map_err(group_error)
     }
 
     async fn send_message(

@@ -319,6 +319,10 @@ config_struct! {
         /// are purged hourly. This is also how long a client's resend is recognised as one.
         /// 0 keeps messages for ever.
         pub retention_days: u32 = 0;
+        /// Seconds after sending during which a sender may retract a message (XEP-0424);
+        /// later retractions are refused. 0 sets no limit. Group moderators (XEP-0425) are
+        /// not bound by it.
+        pub retract_window_secs: u64 = 86_400;
     }
 }
 

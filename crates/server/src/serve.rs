@@ -336,6 +336,8 @@ fn log_config(archive: &crate::config::ArchiveConfig) -> LogConfig {
     const DAY: Duration = Duration::from_secs(24 * 60 * 60);
     LogConfig {
         retention: (archive.retention_days > 0).then(|| DAY * archive.retention_days),
+        retract_window: (archive.retract_window_secs > 0)
+            .then(|| Duration::from_secs(archive.retract_window_secs)),
         ..LogConfig::default()
     }
 }
@@ -359,8 +361,17 @@ mod archive_wiring_tests {
     fn retention_days_become_the_log_retention() {
         let forever = log_config(&ArchiveConfig::default());
         assert_eq!(forever.retention, None);
-        let month = log_config(&ArchiveConfig { retention_days: 30 });
+        let month = log_config(&ArchiveConfig {
+            retention_days: 30,
+            ..ArchiveConfig::default()
+        });
         assert_eq!(month.retention, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(month.max_batch, LogConfig::default().max_batch);
+        assert_eq!(forever.retract_window, Some(Duration::from_secs(86_400)));
+        let unlimited = log_config(&ArchiveConfig {
+            retract_window_secs: 0,
+            ..ArchiveConfig::default()
+        });
+        assert_eq!(unlimited.retract_window, None);
     }
 }

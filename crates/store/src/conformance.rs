@@ -14,8 +14,8 @@
 //! Adapter-specific behaviour (files, reopening, several handles) is tested beside the adapter.
 
 use confab_core::archive::{
-    ArchiveDefault, ArchivePage, ArchivePrefs, ArchiveQuery, CommitReceipt, NewMessage, Page,
-    new_server_id,
+    AmendKind, Amendment, ArchiveDefault, ArchivePage, ArchivePrefs, ArchiveQuery, CommitReceipt,
+    NewMessage, Page, new_server_id,
 };
 use confab_core::client_view::{
     ConversationCursor, ConversationPage, ConversationSummary, DocumentChange, MAX_SYNC_CHANGES,
@@ -59,6 +59,8 @@ macro_rules! conformance_tests {
             archive_group_conversation_pages_and_stays_out_of_owner_archives,
             archive_failed_batch_leaves_no_trace_in_queries,
             archive_prefs_round_trip_and_go_with_the_account,
+            archive_find_message_by_server_or_client_id,
+            archive_amend_keeps_every_version_and_retraction_is_final,
             read_state_moves_forward_only,
             read_state_unread_count_and_client_id_lookup,
             tokens_put_lookup_and_revoke,
@@ -72,6 +74,7 @@ macro_rules! conformance_tests {
             apps_put_conflict_and_hash_round_trip,
             rooms_put_replace_list_delete,
             rooms_affiliations_set_remove_and_go_with_the_room,
+            groups_list_and_sync_follow_membership_and_metadata,
         );
         #[tokio::test]
         async fn offline_quota() {
@@ -1036,6 +1039,178 @@ pub async fn archive_purge_keeps_sequences_and_frees_client_ids(store: &dyn Stor
         ]
     );
     assert_eq!(store.purge_before(0).await.expect("purge"), 0);
+}
+
+/// Recall names a message by its server id, or by the client id its sender gave it, and
+/// only within one conversation.
+pub async fn archive_find_message_by_server_or_client_id(store: &dyn Store) {
+    let first = chat("a b", "a", "b", 1, Some("c1"));
+    let other = chat("a c", "a", "c", 2, Some("c1"));
+    // A message whose client id is the first one's server id: the server id still wins.
+    let lookalike = chat("a b", "b", "a", 3, Some(&first.server_id));
+    store
+        .append(&[first.clone(), other.clone(), lookalike.clone()])
+        .await
+        .expect("append");
+    let found = |conversation: &'static str, sender: Option<&'static str>, id: String| async move {
+        store
+            .find_message(conversation, sender, &id)
+            .await
+            .expect("find")
+            .map(|m| m.server_id)
+    };
+    assert_eq!(
+        found("a b", None, first.server_id.clone()).await,
+        Some(first.server_id.clone())
+    );
+    assert_eq!(
+        found("a b", Some("a"), "c1".into()).await,
+        Some(first.server_id.clone())
+    );
+    assert_eq!(
+        found("a c", Some("a"), "c1".into()).await,
+        Some(other.server_id.clone())
+    );
+    // Client ids are the sender's own: another sender's, or none given, finds nothing.
+    assert_eq!(found("a b", Some("b"), "c1".into()).await, None);
+    assert_eq!(found("a b", None, "c1".into()).await, None);
+    // Another conversation's server id is not this conversation's message.
+    assert_eq!(found("a b", None, other.server_id.clone()).await, None);
+    assert_eq!(
+        found("a b", Some("b"), first.server_id.clone()).await,
+        Some(first.server_id.clone())
+    );
+}
+
+/// Corrections replace the copy every reader sees and keep each replaced copy in order;
+/// a retraction leaves a tombstone and refuses every later amendment.
+pub async fn archive_amend_keeps_every_version_and_retraction_is_final(store: &dyn Store) {
+    let original = chat("a b", "a", "b", 1, Some("c1"));
+    let untouched = chat("a b", "a", "b", 2, Some("c2"));
+    store
+        .append(&[original.clone(), untouched.clone()])
+        .await
+        .expect("append");
+    let id = original.server_id.clone();
+    assert_eq!(store.message_versions(&id).await.expect("versions"), []);
+    let amend = |kind: AmendKind, n: i64, xml: &str| Amendment {
+        server_id: id.clone(),
+        kind,
+        by: "a".into(),
+        stamp_ms: 1_800_000_000_000 + n,
+        xml: xml.into(),
+    };
+    store
+        .amend(&amend(
+            AmendKind::Correct,
+            1,
+            "<message><body>one</body></message>",
+        ))
+        .await
+        .expect("first correction");
+    store
+        .amend(&amend(
+            AmendKind::Correct,
+            2,
+            "<message><body>two</body></message>",
+        ))
+        .await
+        .expect("second correction");
+    let visible = store
+        .message_by_id(&id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(visible.xml, "<message><body>two</body></message>");
+    assert_eq!((visible.seq, visible.stamp_ms), (1, original.stamp_ms));
+    let history = store.history("a b", None, None, 10).await.expect("history");
+    assert_eq!(history[0].xml, visible.xml);
+    assert_eq!(history[1].xml, untouched.xml);
+
+    store
+        .amend(&amend(
+            AmendKind::Retract,
+            3,
+            "<message><retracted/></message>",
+        ))
+        .await
+        .expect("retraction");
+    let page = store
+        .query_archive(&ArchiveQuery {
+            owner: "b".into(),
+            limit: 10,
+            ..ArchiveQuery::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(page.messages[0].xml, "<message><retracted/></message>");
+    assert_eq!(page.messages[1].xml, untouched.xml);
+
+    // Final: neither a correction nor a second retraction changes anything.
+    for kind in [AmendKind::Correct, AmendKind::Retract] {
+        let refused = store
+            .amend(&amend(kind, 4, "<message><body>back</body></message>"))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict)),
+            "{kind:?}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .message_by_id(&id)
+            .await
+            .expect("get")
+            .expect("stored")
+            .xml,
+        "<message><retracted/></message>"
+    );
+    let versions = store.message_versions(&id).await.expect("versions");
+    let summary: Vec<_> = versions
+        .iter()
+        .map(|v| (v.version, v.replaced_by, v.stamp_ms, v.xml.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                0,
+                AmendKind::Correct,
+                1_800_000_000_001,
+                original.xml.as_str()
+            ),
+            (
+                1,
+                AmendKind::Correct,
+                1_800_000_000_002,
+                "<message><body>one</body></message>"
+            ),
+            (
+                2,
+                AmendKind::Retract,
+                1_800_000_000_003,
+                "<message><body>two</body></message>"
+            ),
+        ]
+    );
+    assert!(versions.iter().all(|v| v.by == "a"));
+    let missing = Amendment {
+        server_id: "no-such-id".into(),
+        ..amend(AmendKind::Correct, 5, "<message/>")
+    };
+    let missing = store.amend(&missing).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+
+    // Retention takes the audit trail with the message.
+    store.purge_before(1_700_000_000_002).await.expect("purge");
+    assert_eq!(store.message_versions(&id).await.expect("versions"), []);
+    assert_eq!(
+        store
+            .message_versions(&untouched.server_id)
+            .await
+            .expect("versions"),
+        []
+    );
 }
 
 /// Appends racing on one handle still number every conversation 1..=N exactly once.
@@ -2573,4 +2748,163 @@ pub async fn rooms_affiliations_set_remove_and_go_with_the_room(
             .expect("list"),
         [("c@x".to_owned(), "admin".to_owned())]
     );
+}
+
+/// Groups (migration 0010 in SQLite): a stored room made a group appears in its members'
+/// group lists and sync feeds with its metadata and last sequence; a metadata change, a new
+/// member and a removed member are each one feed change; a save that changes nothing is none;
+/// the group's conversation is listed with the one-to-one ones; a deleted group is removed.
+pub async fn groups_list_and_sync_follow_membership_and_metadata<S>(store: &S)
+where
+    S: Store + confab_core::store::RoomStore + ?Sized,
+{
+    use confab_core::archive::group_conversation;
+    use confab_core::store::GroupMeta;
+    let room = "g@conference.x";
+    let meta = |name: &str| GroupMeta {
+        name: name.into(),
+        avatar: "https://x/a.png".into(),
+        announcement: String::new(),
+    };
+    assert!(matches!(
+        store.put_group(room, Some(&meta("G"))).await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .create_account("a", &credentials(1))
+        .await
+        .expect("account a");
+    store
+        .create_account("b", &credentials(2))
+        .await
+        .expect("account b");
+    store.put_room(room, "c").await.expect("put");
+    store
+        .set_affiliation(room, "a@x", Some("owner"))
+        .await
+        .expect("owner");
+    store
+        .set_affiliation(room, "b@x", Some("member"))
+        .await
+        .expect("member");
+    // Not a group yet: nobody lists it.
+    assert!(store.groups("b@x").await.expect("groups").is_empty());
+    let before = store
+        .sync("b", "b@x", None, MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(before.groups.is_empty());
+
+    store
+        .put_group(room, Some(&meta("G")))
+        .await
+        .expect("group");
+    let listed = store.groups("b@x").await.expect("groups");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].room, room);
+    assert_eq!(listed[0].name, "G");
+    assert_eq!(listed[0].avatar, "https://x/a.png");
+    assert_eq!(listed[0].affiliation, "member");
+    assert_eq!(listed[0].last_seq, 0);
+    assert_eq!(
+        store.groups("a@x").await.expect("groups")[0].affiliation,
+        "owner"
+    );
+    let added = store
+        .sync("b", "b@x", Some(&before.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(added.groups, listed);
+    assert!(added.groups_removed.is_empty());
+
+    // A message in the group: a conversation change, with the group's last sequence.
+    let message = NewMessage {
+        server_id: new_server_id(),
+        conversation: group_conversation(&confab_core::BareJid::new(room).expect("jid")),
+        sender: "a@x".into(),
+        recipient: room.into(),
+        client_id: None,
+        stamp_ms: 1,
+        xml: "<message/>".into(),
+        counts_unread: true,
+        for_later: false,
+    };
+    let server_id = message.server_id.clone();
+    store.append(&[message]).await.expect("append");
+    let after_message = store
+        .sync("b", "b@x", Some(&added.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(after_message.groups.is_empty(), "{after_message:?}");
+    assert_eq!(after_message.conversations.len(), 1);
+    assert_eq!(after_message.conversations[0].with, room);
+    assert_eq!(after_message.conversations[0].unread, 1);
+    let listed = store.groups("b@x").await.expect("groups");
+    assert_eq!(listed[0].last_seq, 1);
+    assert_eq!(listed[0].last_id.as_deref(), Some(server_id.as_str()));
+
+    // The same metadata again is no change; a rename is one.
+    store.put_group(room, Some(&meta("G"))).await.expect("same");
+    let same = store
+        .sync("b", "b@x", Some(&after_message.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(
+        same.groups.is_empty() && same.next == after_message.next,
+        "{same:?}"
+    );
+    store
+        .put_group(room, Some(&meta("Renamed")))
+        .await
+        .expect("rename");
+    let renamed = store
+        .sync("b", "b@x", Some(&same.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(renamed.groups.len(), 1);
+    assert_eq!(renamed.groups[0].name, "Renamed");
+
+    // Removed from the group: reported as removed, and the conversation is no longer listed.
+    store
+        .set_affiliation(room, "b@x", None)
+        .await
+        .expect("remove");
+    let removed = store
+        .sync("b", "b@x", Some(&renamed.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(removed.groups.is_empty());
+    assert_eq!(removed.groups_removed, [room.to_owned()]);
+    assert!(store.groups("b@x").await.expect("groups").is_empty());
+    let conversations = store.conversations("b@x", None, 10).await.expect("list");
+    assert!(conversations.conversations.is_empty(), "{conversations:?}");
+    assert_eq!(
+        store
+            .conversations("a@x", None, 10)
+            .await
+            .expect("list")
+            .conversations
+            .len(),
+        1
+    );
+    // A snapshot never reports removals.
+    let snapshot = store
+        .sync("b", "b@x", None, MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert!(snapshot.groups.is_empty() && snapshot.groups_removed.is_empty());
+
+    // The room deleted: the owner sees the group go.
+    let owner = store
+        .sync("a", "a@x", None, MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(owner.groups.len(), 1);
+    store.delete_room(room).await.expect("delete");
+    let gone = store
+        .sync("a", "a@x", Some(&owner.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(gone.groups_removed, [room.to_owned()]);
+    assert!(store.groups("a@x").await.expect("groups").is_empty());
 }

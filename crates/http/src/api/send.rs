@@ -133,6 +133,62 @@ pub trait ClientActions: Send + Sync {
         seq: u64,
     ) -> Result<ReadState, ActionError>;
 
+    /// Creates a group owned by the caller with `members` (checked and deduplicated) and
+    /// returns its room JID. The default has no groups.
+    async fn create_group(
+        &self,
+        caller: &Caller,
+        request: super::groups::CreateGroup,
+        members: Vec<BareJid>,
+    ) -> Result<String, super::groups::GroupActionError> {
+        let _ = (caller, request, members);
+        Err(super::groups::GroupActionError::Disabled)
+    }
+
+    /// The group `room` with its members, if the caller is one; `last_seq` and `last_id` are
+    /// left for the caller to fill from the archive.
+    async fn group(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+    ) -> Result<super::groups::GroupDetail, super::groups::GroupActionError> {
+        let _ = (caller, room);
+        Err(super::groups::GroupActionError::Disabled)
+    }
+
+    /// Applies `patch` to the group `room` as the caller.
+    async fn update_group(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+        patch: super::groups::GroupPatch,
+    ) -> Result<(), super::groups::GroupActionError> {
+        let _ = (caller, room, patch);
+        Err(super::groups::GroupActionError::Disabled)
+    }
+
+    /// Adds `members` to the group `room` as the caller.
+    async fn add_members(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+        members: Vec<BareJid>,
+    ) -> Result<(), super::groups::GroupActionError> {
+        let _ = (caller, room, members);
+        Err(super::groups::GroupActionError::Disabled)
+    }
+
+    /// Removes `member` from the group `room` as the caller.
+    async fn remove_member(
+        &self,
+        caller: &Caller,
+        room: &BareJid,
+        member: &BareJid,
+    ) -> Result<(), super::groups::GroupActionError> {
+        let _ = (caller, room, member);
+        Err(super::groups::GroupActionError::Disabled)
+    }
+
     /// Whether the caller may read the archive of the group chat room `room` (the room's
     /// affiliation rules); `None` when there is no such room. The default knows no rooms.
     async fn may_read_group(&self, caller: &Caller, room: &BareJid) -> Option<bool> {

@@ -33,7 +33,8 @@ pub struct ConversationsQuery {
 /// One conversation as the list and the sync feed show it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationEntry {
-    /// The other party's bare JID (the caller's own for notes to self).
+    /// The other party's bare JID (the caller's own for notes to self), or the room's for a
+    /// group conversation.
     pub with: String,
     /// The conversation key, as history and read positions name it.
     pub conversation: String,
@@ -146,6 +147,17 @@ pub struct PrivateChanges {
     pub removed: Vec<String>,
 }
 
+/// Group changes (docs/protocol/confab-groups.md).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupChanges {
+    /// Groups the caller was added to, or whose name, avatar, announcement or the caller's
+    /// affiliation changed, sorted by JID. New messages show under `conversations`.
+    pub changed: Vec<super::groups::GroupEntry>,
+    /// Groups the caller is no longer in (removed, left, or the group is gone), sorted;
+    /// always empty in a snapshot.
+    pub removed: Vec<String>,
+}
+
 /// `GET /api/v1/sync` response.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SyncResponse {
@@ -163,10 +175,13 @@ pub struct SyncResponse {
     pub read: Vec<ReadEntry>,
     /// Private XML storage changes.
     pub private: PrivateChanges,
+    /// The caller's groups that changed.
+    pub groups: GroupChanges,
 }
 
 /// `GET /api/v1/conversations[?limit=N&before=CURSOR]`: the caller's one-to-one
-/// conversations, most recently active first, with read position and unread count.
+/// conversations and group conversations (`with` the room, docs/protocol/confab-groups.md),
+/// most recently active first, with read position and unread count.
 #[utoipa::path(
     get,
     path = "/api/v1/conversations",
@@ -292,6 +307,10 @@ pub async fn sync(
                 .collect(),
             removed: removed.into_iter().map(|d| d.key).collect(),
         },
+        groups: GroupChanges {
+            changed: feed.groups.into_iter().map(Into::into).collect(),
+            removed: feed.groups_removed,
+        },
     })
     .into_response())
 }
@@ -305,8 +324,12 @@ fn bad_sync_token(message: &str) -> Response {
     )
 }
 
-/// The other party of a direct conversation key, from `owner`'s side.
+/// The other party of a direct conversation key, from `owner`'s side; the room of a group
+/// conversation.
 fn peer_of<'a>(conversation: &'a str, owner: &str) -> &'a str {
+    if let Some(room) = conversation.strip_prefix("group:") {
+        return room;
+    }
     match conversation.split_once(' ') {
         Some((low, high)) if low == owner => high,
         Some((low, _)) => low,
@@ -363,5 +386,6 @@ mod tests {
         assert_eq!(peer_of("a@x b@x", "a@x"), "b@x");
         assert_eq!(peer_of("a@x b@x", "b@x"), "a@x");
         assert_eq!(peer_of("a@x a@x", "a@x"), "a@x");
+        assert_eq!(peer_of("group:g@conference.x", "a@x"), "g@conference.x");
     }
 }

@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 use confab_core::archive::{
-    ArchiveDefault, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
-    CommitReceipt, MAX_QUERY_LIMIT, NewMessage, Page,
+    AmendKind, Amendment, ArchiveDefault, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore,
+    ArchivedMessage, CommitReceipt, MAX_QUERY_LIMIT, MessageVersion, NewMessage, Page,
 };
 use confab_core::store::{StoreError, StoreResult};
 
@@ -200,6 +200,93 @@ impl ArchiveStore for SqliteStore {
         .await
         .map_err(unavailable)?;
         row.map(message_from_row).transpose()
+    }
+
+    async fn find_message(
+        &self,
+        conversation: &str,
+        sender: Option<&str>,
+        id: &str,
+    ) -> StoreResult<Option<ArchivedMessage>> {
+        // Two probes of unique indexes (primary key, `messages_client_id`); a server id
+        // match wins over a client id that happens to look the same.
+        let row: Option<MessageRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM messages WHERE conversation = ?1 \
+             AND (server_id = ?2 OR (?3 IS NOT NULL AND sender = ?3 AND client_id = ?2)) \
+             ORDER BY server_id = ?2 DESC LIMIT 1"
+        ))
+        .bind(conversation)
+        .bind(id)
+        .bind(sender)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        row.map(message_from_row).transpose()
+    }
+
+    async fn amend(&self, amendment: &Amendment) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT xml, retracted FROM messages WHERE server_id = ?")
+                .bind(&amendment.server_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let Some((xml, retracted)) = current else {
+            return Err(StoreError::NotFound);
+        };
+        if retracted != 0 {
+            return Err(StoreError::Conflict);
+        }
+        sqlx::query(
+            "INSERT INTO message_versions (server_id, version, replaced_by, by_jid, stamp_ms, xml) \
+             SELECT ?1, COUNT(*), ?2, ?3, ?4, ?5 FROM message_versions WHERE server_id = ?1",
+        )
+        .bind(&amendment.server_id)
+        .bind(amendment.kind.as_str())
+        .bind(&amendment.by)
+        .bind(amendment.stamp_ms)
+        .bind(&xml)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("UPDATE messages SET xml = ?2, retracted = ?3 WHERE server_id = ?1")
+            .bind(&amendment.server_id)
+            .bind(&amendment.xml)
+            .bind(i64::from(amendment.kind == AmendKind::Retract))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn message_versions(&self, server_id: &str) -> StoreResult<Vec<MessageVersion>> {
+        let rows: Vec<(i64, String, String, i64, String)> = sqlx::query_as(
+            "SELECT version, replaced_by, by_jid, stamp_ms, xml FROM message_versions \
+             WHERE server_id = ? ORDER BY version",
+        )
+        .bind(server_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(version, replaced_by, by, stamp_ms, xml)| {
+                let corrupt = || StoreError::Unavailable(format!("corrupt version of {server_id}"));
+                Ok(MessageVersion {
+                    version: u32::try_from(version).map_err(|_| corrupt())?,
+                    replaced_by: match replaced_by.as_str() {
+                        "retract" => AmendKind::Retract,
+                        "correct" => AmendKind::Correct,
+                        _ => return Err(corrupt()),
+                    },
+                    by,
+                    stamp_ms,
+                    xml,
+                })
+            })
+            .collect()
     }
 
     async fn last_seq(&self, conversation: &str) -> StoreResult<u64> {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use confab_core::archive::ArchivedMessage;
 use confab_core::client_view::{
     ClientViewStore, ConversationCursor, ConversationPage, ConversationSummary, DocumentChange,
-    MAX_CONVERSATION_PAGE, MAX_SYNC_CHANGES, SyncError, SyncFeed, SyncToken,
+    GroupSummary, MAX_CONVERSATION_PAGE, MAX_SYNC_CHANGES, SyncError, SyncFeed, SyncToken,
 };
 use confab_core::store::{RosterItem, StoreError, StoreResult, Subscription};
 use sqlx::SqliteConnection;
@@ -71,8 +71,24 @@ const NTH_CHANGE: &str = "SELECT position FROM ( \
      UNION ALL \
      SELECT c.activity FROM conversation_members AS m \
      JOIN conversations AS c ON c.conversation = m.conversation \
-     WHERE m.owner = ?2 AND c.activity > ?3 AND c.activity <= ?4) \
+     WHERE m.owner = ?2 AND c.activity > ?3 AND c.activity <= ?4 \
+     UNION ALL \
+     SELECT position FROM group_changes WHERE owner = ?2 AND position > ?3 AND position <= ?4) \
      ORDER BY position LIMIT 1 OFFSET ?5";
+
+/// The owner's (`?1`, a bare JID) group change records in `(?2, ?3]`, sorted by room, with
+/// the group as it is now: the `muc_groups` and membership columns are NULL when the owner is
+/// no longer a member or the room no longer a group (a removal).
+const GROUP_CHANGES: &str = "SELECT g.room, m.name, m.avatar, m.announcement, a.affiliation, \
+     c.last_seq, l.server_id \
+     FROM group_changes AS g \
+     LEFT JOIN muc_groups AS m ON m.room = g.room \
+     LEFT JOIN muc_affiliations AS a ON a.room = g.room AND a.jid = g.owner \
+       AND a.affiliation IN ('member', 'admin', 'owner') \
+     LEFT JOIN conversations AS c ON c.conversation = 'group:' || g.room \
+     LEFT JOIN messages AS l ON l.conversation = c.conversation AND l.seq = c.last_seq \
+     WHERE g.owner = ?1 AND g.position > ?2 AND g.position <= ?3 \
+     ORDER BY g.room";
 
 /// Column order of [`summary_columns!`].
 type SummaryRow = (
@@ -99,6 +115,61 @@ type RosterRow = (
     Option<String>,
     Option<bool>,
 );
+
+/// Column order of [`GROUP_CHANGES`].
+type GroupRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// The group of a change row, or `Err(room)` when the owner is no longer in it.
+fn group_from_row(row: GroupRow) -> StoreResult<Result<GroupSummary, String>> {
+    let (room, name, avatar, announcement, affiliation, last_seq, last_id) = row;
+    let (Some(name), Some(avatar), Some(announcement), Some(affiliation)) =
+        (name, avatar, announcement, affiliation)
+    else {
+        return Ok(Err(room));
+    };
+    Ok(Ok(GroupSummary {
+        room,
+        name,
+        avatar,
+        announcement,
+        affiliation,
+        last_seq: to_u64(last_seq.unwrap_or(0), "sequence")?,
+        last_id,
+    }))
+}
+
+/// The owner's group changes in `(lo, hi]`: the groups it is in, and the rooms it left.
+async fn group_changes(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    lo: i64,
+    hi: i64,
+) -> StoreResult<(Vec<GroupSummary>, Vec<String>)> {
+    let rows: Vec<GroupRow> = sqlx::query_as(GROUP_CHANGES)
+        .bind(owner)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let mut groups = Vec::new();
+    let mut removed = Vec::new();
+    for row in rows {
+        match group_from_row(row)? {
+            Ok(group) => groups.push(group),
+            Err(room) => removed.push(room),
+        }
+    }
+    Ok((groups, removed))
+}
 
 /// A stored count or position back to `u64`; a negative one means a hand-edited file.
 fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
@@ -224,6 +295,14 @@ impl ClientViewStore for SqliteStore {
             conversations,
             next,
         })
+    }
+
+    async fn groups(&self, owner: &str) -> StoreResult<Vec<GroupSummary>> {
+        let mut conn = self.reader.acquire().await.map_err(unavailable)?;
+        // Every change record the owner has is the latest of its group: the whole range is
+        // the list (removed groups are dropped).
+        let (groups, _) = group_changes(&mut conn, owner, 0, i64::MAX).await?;
+        Ok(groups)
     }
 
     async fn sync(
@@ -387,6 +466,11 @@ async fn read_feed(
         .map(summary_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
 
+    let (groups, mut groups_removed) = group_changes(conn, owner, lo, hi).await?;
+    if full {
+        groups_removed.clear();
+    }
+
     Ok(SyncFeed {
         next: SyncToken {
             store,
@@ -399,6 +483,8 @@ async fn read_feed(
         conversations,
         read_positions,
         documents,
+        groups,
+        groups_removed,
     })
 }
 
@@ -432,6 +518,7 @@ mod tests {
             (CONVERSATION_PAGE, 4),
             (CHANGED_CONVERSATIONS, 3),
             (NTH_CHANGE, 5),
+            (GROUP_CHANGES, 3),
         ] {
             let details = plan(&store, statement, binds).await;
             // Every table is reached by a key or an index; the only scan allowed is of the

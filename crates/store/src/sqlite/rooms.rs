@@ -1,7 +1,7 @@
 //! [`RoomStore`] over `muc_rooms` and `muc_affiliations` (XEP-0045 persistent rooms).
 
 use async_trait::async_trait;
-use confab_core::store::{RoomStore, StoreError, StoreResult, StoredRoom};
+use confab_core::store::{GroupMeta, RoomStore, StoreError, StoreResult, StoredRoom};
 
 use super::{SqliteStore, unavailable};
 
@@ -24,6 +24,12 @@ impl RoomStore for SqliteStore {
         // Explicit deletes in one transaction rather than relying on the foreign key's
         // cascade, which only runs on connections with `foreign_keys` enabled.
         let mut tx = self.begin_write().await?;
+        // The group row first, while the affiliations still say who must see it go.
+        sqlx::query("DELETE FROM muc_groups WHERE room = ?")
+            .bind(room)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         sqlx::query("DELETE FROM muc_affiliations WHERE room = ?")
             .bind(room)
             .execute(&mut *tx)
@@ -91,5 +97,37 @@ impl RoomStore for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)
+    }
+
+    async fn put_group(&self, room: &str, meta: Option<&GroupMeta>) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM muc_rooms WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        match meta {
+            // An update that changes nothing leaves the row alone, so no feed change is
+            // recorded for a save that did not touch the group (migration 0010 triggers).
+            Some(meta) => sqlx::query(
+                "INSERT INTO muc_groups (room, name, avatar, announcement) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (room) DO UPDATE SET name = excluded.name, \
+                 avatar = excluded.avatar, announcement = excluded.announcement \
+                 WHERE name IS NOT excluded.name OR avatar IS NOT excluded.avatar \
+                 OR announcement IS NOT excluded.announcement",
+            )
+            .bind(room)
+            .bind(&meta.name)
+            .bind(&meta.avatar)
+            .bind(&meta.announcement),
+            None => sqlx::query("DELETE FROM muc_groups WHERE room = ?").bind(room),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
     }
 }
