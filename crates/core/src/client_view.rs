@@ -57,6 +57,9 @@ pub struct ConversationSummary {
     pub read_seq: u64,
     /// Messages that count as unread (content, from the other party) above `read_seq`.
     pub unread: u64,
+    /// Server id of the latest message of a group conversation that mentions the owner, while
+    /// it is unread (above `read_seq`); `None` otherwise and for one-to-one conversations.
+    pub mention: Option<String>,
     /// The change position of the conversation's last commit: higher is more recent. Lists
     /// are ordered by it, newest first.
     pub activity: u64,

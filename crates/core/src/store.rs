@@ -238,6 +238,32 @@ pub trait ReadStateStore: Send + Sync {
         sender: &str,
         client_id: &str,
     ) -> StoreResult<Option<u64>>;
+    /// Whether `jid` is a member (member, admin or owner) of the group `room`: who may keep a
+    /// read position in its conversation and counts towards "read by N of M". The default
+    /// answers that no store support exists.
+    async fn is_group_member(&self, room: &str, jid: &str) -> StoreResult<bool> {
+        let _ = (room, jid);
+        Err(StoreError::Unavailable(
+            "group read state not supported".into(),
+        ))
+    }
+    /// Who of the group `room`'s members other than `sender` has read up to `seq` in its
+    /// conversation (sorted by JID), and how many such members there are.
+    async fn group_readers(&self, room: &str, seq: u64, sender: &str) -> StoreResult<GroupReaders> {
+        let _ = (room, seq, sender);
+        Err(StoreError::Unavailable(
+            "group read state not supported".into(),
+        ))
+    }
+}
+
+/// Read receipts of one group message: "read by `readers.len()` of `members`".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupReaders {
+    /// Bare JIDs of the members (not the sender) whose read position reached the message.
+    pub readers: Vec<String>,
+    /// Members of the group other than the message's sender.
+    pub members: u64,
 }
 
 /// An IM token's record: who it authenticates and for how long. The token itself is never
@@ -308,6 +334,20 @@ pub trait RoomStore: Send + Sync {
     /// it), updates it, or with `None` makes it no group (its members see it removed).
     /// `NotFound` if the room is not stored.
     async fn put_group(&self, room: &str, meta: Option<&GroupMeta>) -> StoreResult<()>;
+    /// Records that the committed message `server_id`, numbered `seq` in the group
+    /// conversation `conversation`, mentions each of `members` (bare JIDs): it becomes their
+    /// latest mention there, shown until their read position reaches it. The default stores
+    /// nothing: a store without the support shows no mentions.
+    async fn record_mentions(
+        &self,
+        conversation: &str,
+        seq: u64,
+        server_id: &str,
+        members: &[String],
+    ) -> StoreResult<()> {
+        let _ = (conversation, seq, server_id, members);
+        Ok(())
+    }
 }
 
 /// What a group list shows of a group besides its members (docs/protocol/confab-groups.md).

@@ -109,6 +109,10 @@ fn routes() -> Vec<(&'static str, MethodRouter<HttpState>)> {
             "/api/v1/groups/{jid}/members/{member}",
             delete(api::groups::remove_member),
         ),
+        (
+            "/api/v1/groups/{jid}/messages/{server_id}/read",
+            get(api::groups::read_by),
+        ),
     ]
 }
 

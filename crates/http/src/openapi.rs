@@ -43,6 +43,7 @@ pub const APP_BASIC: &str = "app_basic";
         crate::api::groups::update,
         crate::api::groups::add_members,
         crate::api::groups::remove_member,
+        crate::api::groups::read_by,
     ),
     components(schemas(crate::ErrorBody)),
     modifiers(&SecuritySchemes),

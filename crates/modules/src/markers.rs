@@ -24,10 +24,18 @@
 //! The lookup runs at `on_inbound`, on the sender's path: the read position is the sender's
 //! own state, recorded whatever then becomes of the marker (an unknown peer, a peer that
 //! blocks the sender).
+//!
+//! **Groups** (docs/protocol/confab-groups.md, "Read state"). A marker sent to a group's room
+//! JID (`type='groupchat'`, or any type to the bare room JID) whose id is the server id of a
+//! message of the conversation `group:<room>` (the room's XEP-0359 `<stanza-id/>`, as
+//! XEP-0333 has MUC clients reference) moves the member's read position there the same way,
+//! and the push says `with='room@service'`. Only members of the group keep one. A group marker
+//! without a body is consumed: it is not broadcast to the room, whose every occupant would
+//! otherwise get every member's markers; "read by" is served by the HTTP API instead.
 
 use crate::store_error;
 use async_trait::async_trait;
-use confab_core::archive::direct_conversation;
+use confab_core::archive::{direct_conversation, group_conversation};
 use confab_core::stanza::element;
 use confab_core::store::StoreError;
 use confab_core::{BareJid, Element, Jid, Stanza, StanzaErrorCondition, StanzaKind, ns};
@@ -60,7 +68,7 @@ fn peer_of<'a>(conversation: &'a str, owner: &str) -> &'a str {
     match conversation.split_once(' ') {
         Some((a, b)) if a == owner => b,
         Some((a, _)) => a,
-        None => conversation,
+        None => conversation.strip_prefix("group:").unwrap_or(conversation),
     }
 }
 
@@ -124,6 +132,32 @@ impl ReadState {
         advance_read_position(router, &owner, &peer, seq, Some(origin.id)).await?;
         Ok(())
     }
+
+    /// Records a marker `origin` sends to the room `room` if it marks a message of that
+    /// group and `origin` is a member; returns whether it did.
+    async fn record_group(
+        &self,
+        router: &Router,
+        origin: &Arc<Resource>,
+        room: &BareJid,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(message) = router.store.message_by_id(id).await? else {
+            return Ok(false);
+        };
+        // Rooms that are no group archive here too; their markers stay XEP-0045's.
+        let owner = origin.jid.to_bare();
+        if message.conversation != group_conversation(room)
+            || !router
+                .store
+                .is_group_member(room.as_str(), owner.as_str())
+                .await?
+        {
+            return Ok(false);
+        }
+        advance_group_read_position(router, &owner, room, message.seq, Some(origin.id)).await?;
+        Ok(true)
+    }
 }
 
 /// Where an account's read position in a conversation stands after a move.
@@ -149,17 +183,41 @@ pub async fn advance_read_position(
     except: Option<SessionId>,
 ) -> Result<ReadPosition, StoreError> {
     let conversation = direct_conversation(owner, peer);
+    advance(router, owner, &conversation, peer, seq, except).await
+}
+
+/// [`advance_read_position`] for the group conversation of the room `room`, of which the
+/// caller checked `owner` is a member; the push names the room as `with`.
+pub async fn advance_group_read_position(
+    router: &Router,
+    owner: &BareJid,
+    room: &BareJid,
+    seq: u64,
+    except: Option<SessionId>,
+) -> Result<ReadPosition, StoreError> {
+    advance(router, owner, &group_conversation(room), room, seq, except).await
+}
+
+/// Moves `owner`'s position in `conversation` (with `with`, as pushes name it).
+async fn advance(
+    router: &Router,
+    owner: &BareJid,
+    conversation: &str,
+    with: &BareJid,
+    seq: u64,
+    except: Option<SessionId>,
+) -> Result<ReadPosition, StoreError> {
     let before = router
         .store
-        .read_position(owner.as_str(), &conversation)
+        .read_position(owner.as_str(), conversation)
         .await?;
     let now = router
         .store
-        .mark_read(owner.as_str(), &conversation, seq)
+        .mark_read(owner.as_str(), conversation, seq)
         .await?;
     let unread = router
         .store
-        .unread_count(owner.as_str(), &conversation)
+        .unread_count(owner.as_str(), conversation)
         .await?;
     let moved = now > before;
     if moved {
@@ -178,7 +236,7 @@ pub async fn advance_read_position(
                     ("to", resource.jid.as_str()),
                 ],
             );
-            push.append_child(read_element(peer.as_str(), now, unread));
+            push.append_child(read_element(with.as_str(), now, unread));
             router.send(&resource, Stanza::new(push));
         }
     }
@@ -250,13 +308,31 @@ impl Module for ReadState {
         stanza: &mut Stanza,
     ) -> Flow {
         if stanza.kind != StanzaKind::Message
-            || !matches!(stanza.type_attr(), None | Some("chat" | "normal"))
+            || !matches!(
+                stanza.type_attr(),
+                None | Some("chat" | "normal" | "groupchat")
+            )
         {
             return Flow::Continue;
         }
         let (Some(to), Some(id)) = (stanza.to.as_ref(), read_marker(&stanza.element)) else {
             return Flow::Continue;
         };
+        // Markers to a room: not a local account, so the one-to-one path pays nothing here.
+        if stanza.type_attr() == Some("groupchat")
+            || (to.resource().is_none() && !router.is_local_account(to))
+        {
+            match self.record_group(router, origin, &to.to_bare(), id).await {
+                Ok(true) if !stanza.element.has_child("body", ns::CLIENT) => return Flow::Handled,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, jid = %origin.jid, "group read position not stored");
+                }
+            }
+            if stanza.type_attr() == Some("groupchat") {
+                return Flow::Continue;
+            }
+        }
         if let Err(error) = self.record(router, origin, to, id).await {
             // The marker still goes to the peer; a later marker moves the position.
             tracing::warn!(%error, jid = %origin.jid, "read position not stored");
@@ -297,5 +373,6 @@ mod tests {
     fn peer_is_the_other_side() {
         assert_eq!(peer_of("a@x b@x", "a@x"), "b@x");
         assert_eq!(peer_of("a@x b@x", "b@x"), "a@x");
+        assert_eq!(peer_of("group:room@conf.x", "a@x"), "room@conf.x");
     }
 }

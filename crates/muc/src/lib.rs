@@ -53,6 +53,23 @@
 //! admin and owner rules as `muc#admin`/`muc#owner` and notify occupants the same way; the
 //! affected account's other resources get a status 101 notice. Stored groups also write their
 //! list entry through [`RoomStore::put_group`], which feeds the sync feed.
+//! Members a group message mentions ([`mentions`]) are found under the room's lock and
+//! recorded with [`RoomStore::record_mentions`] once it is committed, before its receipt and
+//! broadcast, so the flag is stored before anyone can have seen the message.
+//!
+//! **Large rooms** (docs/protocol/confab-groups.md, "Large rooms"). Above
+//! `presence_broadcast_max` occupants a room is quiet ([`Room::quiet`]): no occupant presence
+//! is broadcast, so a join costs O(1) stanzas instead of O(occupants). Copies go into the
+//! recipients' bounded mailboxes without waiting ([`Resource::send`]): a member whose mailbox
+//! is full is disconnected (`policy-violation`), never waited for. Not yet: serialising a
+//! broadcast once. Today each copy is its own `Stanza` (an element clone with its own `to`),
+//! routed through every module's `on_routed` hook and encoded by each connection. The plan: a
+//! `SessionCommand::Shared(Arc<SharedStanza>, FullJid)` whose shared part holds the element
+//! without `to` and its encoding per wire format, made once (`OnceLock`); the XML writer
+//! splices ` to='…'` after the element name, the protobuf writer appends the `to` field; the
+//! router runs the hooks once per message with a per-recipient check (blocking); XEP-0198 keeps
+//! the shared command in its unacknowledged queue and builds a `Stanza` only to resend or hand
+//! back; one-to-one delivery keeps `Deliver`.
 //!
 //! Several sessions of one account may share a nick (the others see one occupant; a
 //! session that leaves while another stays is not announced; such a session cannot change
@@ -61,6 +78,7 @@
 //! Not yet: MAM preferences on rooms, voice requests (§7.13), registration (§7.10), reserved nicks, `roomadmins`/`roomowners`
 //! form fields, kicking occupants whose client answers with an error.
 
+pub mod mentions;
 pub mod model;
 pub mod ns;
 pub mod room;
@@ -249,6 +267,9 @@ struct Committing {
     client_id: Option<String>,
     /// The session that sent it.
     sender: FullJid,
+    /// The group conversation and the members the message mentions (crate::mentions), when
+    /// it mentions any.
+    mentions: Option<(String, Vec<String>)>,
 }
 
 /// The error a sender gets when its group message could not be committed: nothing was
@@ -294,6 +315,8 @@ pub struct Muc {
     /// Where group messages are committed; without it rooms broadcast at once and keep
     /// history in memory only.
     archive: Option<RoomArchive>,
+    /// Rooms with more occupants stop broadcasting presence ([`Room::quiet`]).
+    presence_broadcast_max: usize,
 }
 
 impl std::fmt::Debug for Muc {
@@ -346,7 +369,22 @@ impl Muc {
             rooms: parking_lot::Mutex::new(rooms),
             joined: parking_lot::Mutex::new(HashMap::new()),
             archive: None,
+            presence_broadcast_max: usize::MAX,
         })
+    }
+
+    /// Rooms with more than `max` occupants no longer broadcast occupants' presence
+    /// (docs/protocol/confab-groups.md, "Large rooms"); applies to loaded rooms and to every
+    /// room created later.
+    pub fn with_presence_broadcast_max(mut self, max: usize) -> Self {
+        self.presence_broadcast_max = max;
+        for handle in self.rooms.get_mut().values() {
+            // Nothing else holds a room before the service is shared, so the lock is free.
+            if let Ok(mut room) = handle.try_lock() {
+                room.presence_broadcast_max = max;
+            }
+        }
+        self
     }
 
     /// Makes group messages take the durable path through `archive` (see the crate docs),
@@ -533,6 +571,7 @@ impl Muc {
             self.history_max,
         );
         room.archived = self.archive.is_some();
+        room.presence_broadcast_max = self.presence_broadcast_max;
         self.save(&room, true).await?;
         let mut notices = Vec::new();
         for (member, affiliation) in room.members() {
@@ -659,6 +698,16 @@ impl Muc {
         let conversation = group_conversation(&room.jid);
         let sender = from.to_bare().to_string();
         let counts_unread = message.has_child("body", ns::CLIENT);
+        // Found under the lock (occupants' nicks), recorded after the commit.
+        let mentions = if room.config.group && counts_unread {
+            let mentioned = mentions::mentioned(&message, &room.jid, &from.to_bare(), &*room);
+            (!mentioned.is_empty()).then(|| {
+                let members = mentioned.iter().map(ToString::to_string).collect();
+                (conversation.clone(), members)
+            })
+        } else {
+            None
+        };
         // XEP-0424/XEP-0308 in a room: the edit amends the room's archive before it is
         // committed and broadcast; a refused edit goes back to its sender only.
         if let Some(edit) = recall::edit_of(&message) {
@@ -708,6 +757,7 @@ impl Muc {
                     message,
                     client_id,
                     sender: from.clone(),
+                    mentions,
                 };
                 (Vec::new(), Some(committing))
             }
@@ -732,8 +782,20 @@ impl Muc {
             message,
             client_id,
             sender,
+            mentions,
         } = committing;
         let committed = pending.committed().await;
+        // Before the receipt and the broadcast, so whoever learns of the message can see the
+        // mention; outside the room's lock. A failure loses the flag, not the message.
+        if let (Ok(committed), Some((conversation, members))) = (&committed, &mentions)
+            && !committed.duplicate
+            && let Err(error) = self
+                .store
+                .record_mentions(conversation, committed.seq, &committed.server_id, members)
+                .await
+        {
+            tracing::warn!(%conversation, %error, "group mentions not recorded");
+        }
         if let Some(previous) = previous {
             // An error only means the previous message's task ended without broadcasting
             // (its commit failed, or it was cancelled): our turn either way.
@@ -982,6 +1044,7 @@ impl Muc {
         let instant = !stanza.element.has_child("x", ns::MUC);
         let mut room = Room::create(room_jid.clone(), from.to_bare(), instant, self.history_max);
         room.archived = self.archive.is_some();
+        room.presence_broadcast_max = self.presence_broadcast_max;
         let room = Arc::new(Mutex::new(room));
         rooms.insert(room_jid.clone(), room.clone());
         tracing::debug!(room = %room_jid, creator = %from, "room created");

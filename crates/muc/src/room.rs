@@ -236,6 +236,9 @@ pub struct Room {
     /// it was broadcast (see the crate docs, "Ordering"). The service's, not the room's
     /// logic: kept here because it is guarded by the same lock.
     pub broadcast_turn: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Above this many occupants the room is *quiet*: occupants' presence is not broadcast
+    /// (see [`Room::quiet`]). `usize::MAX` (the default) never.
+    pub presence_broadcast_max: usize,
 }
 
 impl Room {
@@ -271,7 +274,18 @@ impl Room {
             gone: false,
             archived: false,
             broadcast_turn: None,
+            presence_broadcast_max: usize::MAX,
         }
+    }
+
+    /// Whether the room has more occupants than `presence_broadcast_max`
+    /// (docs/protocol/confab-groups.md, "Large rooms"). A quiet room neither sends a joiner
+    /// everyone's presence nor tells everyone of each join, leave, presence or role change,
+    /// which would cost O(occupants) stanzas per event and O(occupants²) to fill the room;
+    /// each occupant hears only of itself (status 110), and the occupant count stays in
+    /// disco#info and the list with moderators (muc#admin role queries).
+    pub fn quiet(&self) -> bool {
+        self.occupants.len() > self.presence_broadcast_max
     }
 
     /// Whether nobody is in the room.
@@ -442,11 +456,12 @@ impl Room {
         announce: bool,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        for other in self
+        let quiet = self.quiet();
+        let others = self
             .occupants
             .values()
-            .filter(|o| o.room_jid != occupant.room_jid)
-        {
+            .filter(|o| !quiet && o.room_jid != occupant.room_jid);
+        for other in others {
             outcome
                 .stanzas
                 .push(self.presence_about(other, occupant, session, &Extra::default()));
@@ -620,6 +635,9 @@ impl Room {
     /// recipient: in a big room a broadcast is the same few stanzas many times, not many
     /// stanzas built one by one.
     fn presence_to_others(&self, about: &Occupant, extra: &Extra) -> Vec<Stanza> {
+        if self.quiet() {
+            return Vec::new();
+        }
         let from = Jid::from(about.room_jid.clone());
         let with_jid = self.presence_element(about, extra, true, false);
         let anonymous = (self.config.whois != Whois::Anyone)
@@ -1164,6 +1182,17 @@ impl Room {
         ] {
             form.append_child(crate::model::form_field(var, "text-single", None, &[value]));
         }
+        // Tells clients why they see no occupants' presence (docs/protocol/confab-groups.md,
+        // "Large rooms"): an extra field, which XEP-0128 allows in a registered form.
+        if self.presence_broadcast_max != usize::MAX {
+            let max = self.presence_broadcast_max.to_string();
+            form.append_child(crate::model::form_field(
+                "confab#roominfo_presence_broadcast_max",
+                "text-single",
+                None,
+                &[max.as_str()],
+            ));
+        }
         query.append_child(form);
         query
     }
@@ -1581,6 +1610,19 @@ impl Room {
             .map(|(jid, a)| (jid, *a))
     }
 
+    /// The account of the occupant with nick `nick`: exact match first, then ignoring case
+    /// (for `@nick` mentions, crate::mentions).
+    pub fn occupant_account(&self, nick: &str) -> Option<&BareJid> {
+        let occupant = self.occupants.get(nick).or_else(|| {
+            let nick = nick.to_lowercase();
+            self.occupants
+                .iter()
+                .find(|(n, _)| n.to_lowercase() == nick)
+                .map(|(_, o)| o)
+        })?;
+        Some(&occupant.bare)
+    }
+
     /// Sets a group's name, avatar and announcement (those given) as `actor`, who must be an
     /// admin or owner. Occupants get the §10.2.1 status 104 notice when anything changed.
     pub fn set_group_meta(
@@ -1931,6 +1973,62 @@ mod tests {
             assert_eq!(error_of(&out), None);
         }
         room
+    }
+
+    /// Above `presence_broadcast_max` occupants a join, a presence change and a leave reach
+    /// only the occupant concerned; at or below it they reach everyone.
+    #[test]
+    fn quiet_rooms_send_only_self_presence() {
+        let mut room = room_with_two();
+        room.presence_broadcast_max = 2;
+        let join = |room: &mut Room, from: &str, nick: &str| {
+            let presence = stanza(&format!(
+                "<presence xmlns='jabber:client' from='{from}' to='r@c.x/{nick}'/>"
+            ));
+            room.presence(&presence, &jid(from), &jid(&format!("r@c.x/{nick}")))
+        };
+        let recipients = |out: &Outcome| -> Vec<String> {
+            out.stanzas
+                .iter()
+                .filter(|s| s.kind == StanzaKind::Presence)
+                .filter_map(|s| s.to.as_ref().map(ToString::to_string))
+                .collect()
+        };
+        // Three occupants > 2: the joiner gets its self-presence only, nobody else hears.
+        let out = join(&mut room, "q@x/c", "Q");
+        assert!(room.quiet());
+        assert_eq!(recipients(&out), ["q@x/c"]);
+        let own = &out.stanzas[0].element;
+        let x = own.get_child("x", ns::MUC_USER).expect("muc#user");
+        assert!(x.children().any(|c| c.attr("code") == Some("110")));
+        // The join still ends with the subject, and the nick stays taken.
+        assert!(
+            out.stanzas
+                .last()
+                .is_some_and(|s| s.kind == StanzaKind::Message)
+        );
+        assert_eq!(error_of(&join(&mut room, "z@x/d", "Q")), Some("conflict"));
+        let update = stanza(
+            "<presence xmlns='jabber:client' from='q@x/c' to='r@c.x/Q'><show>away</show></presence>",
+        );
+        let out = room.presence(&update, &jid("q@x/c"), &jid("r@c.x/Q"));
+        assert_eq!(recipients(&out), ["q@x/c"]);
+        let out = room.leave(&jid("q@x/c"), None);
+        assert_eq!(recipients(&out), ["q@x/c"]);
+        // Three occupants with a limit of three: presence is broadcast again.
+        room.presence_broadcast_max = 3;
+        let out = join(&mut room, "q@x/c", "Q");
+        assert!(!room.quiet());
+        let mut to = recipients(&out);
+        to.sort();
+        assert_eq!(to, ["o@x/a", "p@x/b", "q@x/c", "q@x/c", "q@x/c"]);
+        // Disco#info still counts everyone and says why presence may be missing.
+        let info = String::from(&room.disco_info());
+        assert!(info.contains("<value>3</value>"), "{info}");
+        assert!(
+            info.contains("confab#roominfo_presence_broadcast_max"),
+            "{info}"
+        );
     }
 
     /// A groupchat message is only accepted by the room: the service commits it and asks

@@ -2,7 +2,7 @@
 //! `POST /api/v1/read` do, as the session the caller's IM token is bound to.
 
 use async_trait::async_trait;
-use confab_core::archive::{direct_conversation, new_server_id};
+use confab_core::archive::{direct_conversation, group_conversation, new_server_id};
 use confab_core::stanza::element;
 use confab_core::{BareJid, Element, FullJid, Jid, Stanza, ns};
 use confab_http::api::Caller;
@@ -11,7 +11,7 @@ use confab_http::api::groups::{
 };
 use confab_http::api::send::{ActionError, ClientActions, ReadState, SendRequest, SentMessage};
 use confab_log::{CommitOutcome, capture_commit};
-use confab_modules::markers::advance_read_position;
+use confab_modules::markers::{advance_group_read_position, advance_read_position};
 use confab_muc::GroupError;
 use confab_muc::model::Affiliation;
 use confab_router::Router;
@@ -298,20 +298,29 @@ impl ClientActions for RouterActions {
         with: &BareJid,
         seq: u64,
     ) -> Result<ReadState, ActionError> {
-        let conversation = direct_conversation(&caller.owner, with);
+        // A group the caller is a member of (no account of ours): its group conversation.
+        let group = !self.router.is_local_account(&with.clone().into())
+            && self
+                .router
+                .store
+                .is_group_member(with.as_str(), caller.owner.as_str())
+                .await?;
+        let conversation = if group {
+            group_conversation(with)
+        } else {
+            direct_conversation(&caller.owner, with)
+        };
         let last = self.router.store.last_seq(&conversation).await?;
         if seq > last {
             return Err(ActionError::SeqOutOfRange { seq, last });
         }
         // The device that read needs no push; every other one gets it.
-        let position = advance_read_position(
-            &self.router,
-            &caller.owner,
-            with,
-            seq,
-            Some(caller.token.session),
-        )
-        .await?;
+        let except = Some(caller.token.session);
+        let position = if group {
+            advance_group_read_position(&self.router, &caller.owner, with, seq, except).await?
+        } else {
+            advance_read_position(&self.router, &caller.owner, with, seq, except).await?
+        };
         Ok(ReadState {
             with: with.to_string(),
             seq: position.seq,

@@ -338,6 +338,11 @@ config_struct! {
         /// Messages each room keeps in memory for new occupants (XEP-0045 §7.2.12); 0 keeps
         /// none.
         pub history_max: usize = 50;
+        /// Rooms with more occupants than this stop broadcasting occupants' presence: a
+        /// joiner gets only its own (status 110), and joins, leaves and presence changes are
+        /// not sent to everyone (docs/protocol/confab-groups.md, "Large rooms"); 0 makes every
+        /// room quiet.
+        pub presence_broadcast_max: usize = 100;
     }
 }
 

@@ -85,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await
         .context("muc")?
+        .with_presence_broadcast_max(config.muc.presence_broadcast_max)
         // Group messages take the durable path through the same writer as one-to-one chat.
         .with_archive(confab_muc::RoomArchive {
             log: shared_log,

@@ -75,6 +75,7 @@ macro_rules! conformance_tests {
             rooms_put_replace_list_delete,
             rooms_affiliations_set_remove_and_go_with_the_room,
             groups_list_and_sync_follow_membership_and_metadata,
+            groups_mentions_read_positions_and_readers,
         );
         #[tokio::test]
         async fn offline_quota() {
@@ -2907,4 +2908,145 @@ where
         .expect("sync");
     assert_eq!(gone.groups_removed, [room.to_owned()]);
     assert!(store.groups("a@x").await.expect("groups").is_empty());
+}
+
+/// Group mentions and read state (migration 0012): a recorded mention shows in the member's
+/// conversation list and sync feed until the read position reaches it, only a newer mention
+/// replaces it, and "read by" counts the members other than the sender whose position reached
+/// a message.
+pub async fn groups_mentions_read_positions_and_readers<S>(store: &S)
+where
+    S: Store + confab_core::store::RoomStore + ?Sized,
+{
+    use confab_core::archive::group_conversation;
+    use confab_core::store::{GroupMeta, GroupReaders};
+    let room = "g@conference.x";
+    let conversation = group_conversation(&confab_core::BareJid::new(room).expect("jid"));
+    for (name, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+        store
+            .create_account(name, &credentials(seed))
+            .await
+            .expect("account");
+    }
+    store.put_room(room, "c").await.expect("put");
+    for (jid, affiliation) in [("a@x", "owner"), ("b@x", "member"), ("c@x", "member")] {
+        store
+            .set_affiliation(room, jid, Some(affiliation))
+            .await
+            .expect("affiliation");
+    }
+    store
+        .set_affiliation(room, "o@x", Some("outcast"))
+        .await
+        .expect("outcast");
+    // Not a group yet: nobody is a group member.
+    assert!(!store.is_group_member(room, "b@x").await.expect("member?"));
+    store
+        .put_group(room, Some(&GroupMeta::default()))
+        .await
+        .expect("group");
+    assert!(store.is_group_member(room, "b@x").await.expect("member?"));
+    assert!(!store.is_group_member(room, "o@x").await.expect("member?"));
+    assert!(!store.is_group_member(room, "z@x").await.expect("member?"));
+
+    let mut ids = Vec::new();
+    for stamp_ms in 1..=3 {
+        let message = NewMessage {
+            server_id: new_server_id(),
+            conversation: conversation.clone(),
+            sender: "a@x".into(),
+            recipient: room.into(),
+            client_id: None,
+            stamp_ms,
+            xml: "<message/>".into(),
+            counts_unread: true,
+            for_later: false,
+        };
+        ids.push(message.server_id.clone());
+        store.append(&[message]).await.expect("append");
+    }
+    let before = store
+        .sync("b", "b@x", None, MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(before.conversations[0].mention, None);
+
+    // Message 2 mentions b; an older mention recorded late does not replace it.
+    store
+        .record_mentions(&conversation, 2, &ids[1], &["b@x".to_owned()])
+        .await
+        .expect("mention");
+    store
+        .record_mentions(&conversation, 1, &ids[0], &["b@x".to_owned()])
+        .await
+        .expect("older mention");
+    let page = store.conversations("b@x", None, 10).await.expect("list");
+    assert_eq!(
+        page.conversations[0].mention.as_deref(),
+        Some(ids[1].as_str())
+    );
+    assert_eq!(page.conversations[0].unread, 3);
+    let page = store.conversations("c@x", None, 10).await.expect("list");
+    assert_eq!(page.conversations[0].mention, None);
+    // The sync feed reports the conversation again though no message was committed.
+    let mentioned = store
+        .sync("b", "b@x", Some(&before.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(mentioned.conversations.len(), 1, "{mentioned:?}");
+    assert_eq!(
+        mentioned.conversations[0].mention.as_deref(),
+        Some(ids[1].as_str())
+    );
+
+    // Read up to message 1: still mentioned; up to 2: cleared, and the feed says so.
+    store
+        .mark_read("b@x", &conversation, 1)
+        .await
+        .expect("read");
+    let page = store.conversations("b@x", None, 10).await.expect("list");
+    assert!(page.conversations[0].mention.is_some());
+    store
+        .mark_read("b@x", &conversation, 2)
+        .await
+        .expect("read");
+    let page = store.conversations("b@x", None, 10).await.expect("list");
+    assert_eq!(page.conversations[0].mention, None);
+    assert_eq!(page.conversations[0].unread, 1);
+    let cleared = store
+        .sync("b", "b@x", Some(&mentioned.next), MAX_SYNC_CHANGES)
+        .await
+        .expect("sync");
+    assert_eq!(cleared.conversations.len(), 1, "{cleared:?}");
+    assert_eq!(cleared.conversations[0].mention, None);
+
+    // Read by: b reached 2, c nothing; the sender and the outcast never count.
+    let readers = |seq| store.group_readers(room, seq, "a@x");
+    assert_eq!(
+        readers(2).await.expect("readers"),
+        GroupReaders {
+            readers: vec!["b@x".into()],
+            members: 2,
+        }
+    );
+    assert_eq!(
+        readers(3).await.expect("readers").readers,
+        Vec::<String>::new()
+    );
+    store
+        .mark_read("c@x", &conversation, 3)
+        .await
+        .expect("read");
+    store
+        .mark_read("o@x", &conversation, 3)
+        .await
+        .expect("read");
+    assert_eq!(
+        readers(1).await.expect("readers").readers,
+        ["b@x".to_owned(), "c@x".to_owned()]
+    );
+    // Counted from b's side, a sent nothing it read: one member (c) of two read message 3.
+    let from_b = store.group_readers(room, 3, "b@x").await.expect("readers");
+    assert_eq!(from_b.members, 2);
+    assert_eq!(from_b.readers, ["c@x".to_owned()]);
 }

@@ -2,7 +2,8 @@
 //! `POST /api/v1/groups` creates one, `GET /api/v1/groups` lists the caller's,
 //! `GET|PATCH /api/v1/groups/{jid}` shows one or sets its name, avatar and announcement, and
 //! `POST /api/v1/groups/{jid}/members` / `DELETE /api/v1/groups/{jid}/members/{member}` add and
-//! remove members.
+//! remove members, and `GET /api/v1/groups/{jid}/messages/{server_id}/read` tells who of the
+//! members has read a message ("read by N of M", from their read positions).
 //!
 //! Writes go through the conference service ([`ClientActions`], implemented by the server), so
 //! they take the room's path: occupants see the XEP-0045 notifications and the change is
@@ -428,6 +429,73 @@ pub async fn remove_member(
         .remove_member(&caller, &room, &member)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/groups/{jid}/messages/{server_id}/read` answer: "read by `read` of `members`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ReadBy {
+    /// Members other than the sender whose read position reached the message.
+    pub read: u64,
+    /// Members of the group other than the message's sender.
+    pub members: u64,
+    /// Bare JIDs of those readers, sorted.
+    pub readers: Vec<String>,
+}
+
+/// `GET /api/v1/groups/{jid}/messages/{server_id}/read`: how many of the group's members have
+/// read a message (their read position, moved by XEP-0333 markers or `POST /api/v1/read`, is
+/// at or past it), not counting its sender. Only members may ask.
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups/{jid}/messages/{server_id}/read",
+    tag = "client",
+    params(
+        ("jid" = String, Path, description = "The group's room JID"),
+        ("server_id" = String, Path, description = "The message's server id (its stanza-id)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Who of the members has read the message", body = ReadBy),
+        (status = 400, description = "`bad_request`: not a room JID", body = crate::ErrorBody),
+        (status = 401, description = "`unauthorized`: missing, unknown, expired or revoked token", body = crate::ErrorBody),
+        (status = 404, description = "`group_not_found` (no such group, or the caller is not a member) or `message_not_found` (no such message in the group)", body = crate::ErrorBody),
+        (status = 503, description = "`storage_unavailable`: retry later", body = crate::ErrorBody),
+    )
+)]
+pub async fn read_by(
+    Authenticated { api, caller }: Authenticated,
+    Path((jid, server_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let room = room_jid(&jid)?;
+    if !api
+        .store
+        .is_group_member(room.as_str(), caller.owner.as_str())
+        .await?
+    {
+        return Err(GroupActionError::NotFound.into());
+    }
+    let message = api
+        .store
+        .message_by_id(&server_id)
+        .await?
+        .filter(|m| m.conversation == group_conversation(&room))
+        .ok_or_else(|| {
+            error_response(
+                StatusCode::NOT_FOUND,
+                "message_not_found",
+                format!("no message {server_id:?} in this group"),
+            )
+        })?;
+    let readers = api
+        .store
+        .group_readers(room.as_str(), message.seq, &message.sender)
+        .await?;
+    Ok(Json(ReadBy {
+        read: u64::try_from(readers.readers.len()).unwrap_or(u64::MAX),
+        members: readers.members,
+        readers: readers.readers,
+    })
+    .into_response())
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ pub struct ConversationEntry {
     pub read_seq: u64,
     /// Messages with content from the other party above `read_seq`.
     pub unread: u64,
+    /// Whether an unread message of this group conversation mentions the caller (XEP-0372 or
+    /// `@nick`); cleared once `read_seq` reaches it. Always false for one-to-one ones.
+    pub mentioned: bool,
+    /// The server id of the latest unread message that mentions the caller, when `mentioned`.
+    pub mention_id: Option<String>,
 }
 
 impl From<ConversationSummary> for ConversationEntry {
@@ -57,6 +62,8 @@ impl From<ConversationSummary> for ConversationEntry {
             last_message: summary.last_message.map(HistoryItem::from),
             read_seq: summary.read_seq,
             unread: summary.unread,
+            mentioned: summary.mention.is_some(),
+            mention_id: summary.mention,
         }
     }
 }

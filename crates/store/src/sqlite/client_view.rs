@@ -26,15 +26,18 @@ use super::{SqliteStore, unavailable};
 /// The columns of one conversation summary, over a derived table `p` of the chosen
 /// conversations (`owner`, `conversation`, `peer`, `last_seq`, `activity`). The unread count
 /// is a range scan of the `(conversation, seq)` index from the read position on, and the last
-/// message one lookup in it: per listed conversation, never per archived message.
+/// message one lookup in it: per listed conversation, never per archived message. An unread
+/// group mention (migration 0012) is one primary-key lookup.
 macro_rules! summary_columns {
     () => {
         "SELECT p.conversation, p.peer, p.last_seq, p.activity, coalesce(r.seq, 0), \
          (SELECT count(*) FROM messages AS u WHERE u.conversation = p.conversation \
           AND u.seq > coalesce(r.seq, 0) AND u.sender <> p.owner AND u.counts_unread), \
-         l.server_id, l.sender, l.recipient, l.client_id, l.stamp_ms, l.xml \
+         l.server_id, l.sender, l.recipient, l.client_id, l.stamp_ms, l.xml, g.server_id \
          FROM p \
          LEFT JOIN read_state AS r ON r.owner = p.owner AND r.conversation = p.conversation \
+         LEFT JOIN group_mentions AS g ON g.owner = p.owner AND g.conversation = p.conversation \
+           AND g.seq > coalesce(r.seq, 0) \
          LEFT JOIN messages AS l ON l.conversation = p.conversation AND l.seq = p.last_seq \
          ORDER BY p.activity DESC, p.conversation DESC"
     };
@@ -103,6 +106,7 @@ type SummaryRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<String>,
     Option<String>,
 );
 
@@ -195,6 +199,7 @@ fn summary_from_row(row: SummaryRow) -> StoreResult<ConversationSummary> {
         client_id,
         stamp,
         xml,
+        mention,
     ) = row;
     let last_seq = to_u64(last_seq, "sequence")?;
     // The left join yields all of these or none of them.
@@ -219,6 +224,7 @@ fn summary_from_row(row: SummaryRow) -> StoreResult<ConversationSummary> {
         last_message,
         read_seq: to_u64(read_seq, "read position")?,
         unread: to_u64(unread, "unread count")?,
+        mention,
         activity: to_u64(activity, "activity position")?,
         conversation,
     })

@@ -2,7 +2,7 @@
 //! archive's `messages` table.
 
 use async_trait::async_trait;
-use confab_core::store::{ReadStateStore, StoreError, StoreResult};
+use confab_core::store::{GroupReaders, ReadStateStore, StoreError, StoreResult};
 
 use super::{SqliteStore, unavailable};
 
@@ -90,5 +90,50 @@ impl ReadStateStore for SqliteStore {
         .await
         .map_err(unavailable)?;
         seq.map(to_u64).transpose()
+    }
+
+    async fn is_group_member(&self, room: &str, jid: &str) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM muc_affiliations AS a JOIN muc_groups AS g ON g.room = a.room \
+             WHERE a.room = ? AND a.jid = ? AND a.affiliation IN ('member', 'admin', 'owner')",
+        )
+        .bind(room)
+        .bind(jid)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(found.is_some())
+    }
+
+    async fn group_readers(&self, room: &str, seq: u64, sender: &str) -> StoreResult<GroupReaders> {
+        // One read transaction, so the count and the readers describe the same membership.
+        let mut tx = self.reader.begin().await.map_err(unavailable)?;
+        let members: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM muc_affiliations \
+             WHERE room = ? AND jid <> ? AND affiliation IN ('member', 'admin', 'owner')",
+        )
+        .bind(room)
+        .bind(sender)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // Per member one primary-key probe of `read_state`: a walk of the room's
+        // affiliations, never of the archive.
+        let readers: Vec<String> = sqlx::query_scalar(
+            "SELECT a.jid FROM muc_affiliations AS a JOIN read_state AS r \
+             ON r.owner = a.jid AND r.conversation = 'group:' || a.room \
+             WHERE a.room = ? AND a.jid <> ? AND a.affiliation IN ('member', 'admin', 'owner') \
+             AND r.seq >= ? ORDER BY a.jid",
+        )
+        .bind(room)
+        .bind(sender)
+        .bind(to_i64(seq))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        Ok(GroupReaders {
+            readers,
+            members: to_u64(members)?,
+        })
     }
 }

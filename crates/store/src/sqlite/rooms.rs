@@ -130,4 +130,36 @@ impl RoomStore for SqliteStore {
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)
     }
+
+    async fn record_mentions(
+        &self,
+        conversation: &str,
+        seq: u64,
+        server_id: &str,
+        members: &[String],
+    ) -> StoreResult<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let mut tx = self.begin_write().await?;
+        for member in members {
+            // Only a newer mention replaces the stored one: commits and their mention writes
+            // may finish out of order.
+            sqlx::query(
+                "INSERT INTO group_mentions (owner, conversation, seq, server_id) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT (owner, conversation) DO UPDATE \
+                 SET seq = excluded.seq, server_id = excluded.server_id \
+                 WHERE excluded.seq > seq",
+            )
+            .bind(member)
+            .bind(conversation)
+            .bind(seq)
+            .bind(server_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
 }
