@@ -2,7 +2,7 @@
 //! `GET /api/v1/sync` follow what real XMPP sessions do (messages, displayed markers, roster
 //! changes, private XML storage), and refuse bad input with JSON errors.
 
-use crate::harness::{Client, HttpResponse, STEP, Server, ns, xml};
+use crate::harness::{Client, STEP, Server, assert_error, ns, xml};
 use serde_json::Value;
 
 const SID: &str = "urn:xmpp:sid:0";
@@ -36,18 +36,6 @@ async fn eventually(
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-}
-
-/// A JSON error answer with this status and code.
-fn assert_error(response: &HttpResponse, status: u16, code: &str) {
-    assert_eq!(response.status, status, "{response:?}");
-    assert!(
-        response.headers.contains("content-type: application/json"),
-        "{response:?}"
-    );
-    let body: Value = serde_json::from_str(&response.body).expect("JSON error body");
-    assert_eq!(body["error"], code, "{response:?}");
-    assert!(body["message"].is_string(), "{response:?}");
 }
 
 /// Sends a chat message and returns the server id the recipient saw.

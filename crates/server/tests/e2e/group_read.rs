@@ -4,7 +4,7 @@
 //! marker from one device moves the read position (the other device is told, the room is
 //! not), and the API answers unread counts and "read by N of M".
 
-use crate::harness::{Client, HttpResponse, Server, body_of, http_request, ns, password, xml};
+use crate::harness::{Client, HttpResponse, Server, body_of, json_body, ns, password, xml};
 use serde_json::Value;
 
 const MUC: &str = "http://jabber.org/protocol/muc";
@@ -12,29 +12,11 @@ const SID: &str = "urn:xmpp:sid:0";
 const MARKERS: &str = "urn:xmpp:chat-markers:0";
 const READ: &str = "urn:confab:read:0";
 
-/// `method path` with the bearer token and a JSON body.
-async fn call(server: &Server, method: &str, path: &str, token: &str, json: &str) -> HttpResponse {
-    http_request(
-        server.http,
-        method,
-        path,
-        &format!("Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"),
-        json,
-    )
-    .await
-}
-
-/// The JSON body of an answer with this status.
-fn json(response: &HttpResponse, status: u16) -> Value {
-    assert_eq!(response.status, status, "{response:?}");
-    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {response:?}"))
-}
-
 /// Creates a group as the token's owner and returns its room JID.
 async fn create(server: &Server, token: &str, members: &[&str]) -> String {
     let body = serde_json::json!({ "name": "Coven", "members": members }).to_string();
-    let created = json(
-        &call(server, "POST", "/api/v1/groups", token, &body).await,
+    let created = json_body(
+        &server.call("POST", "/api/v1/groups", token, &body).await,
         201,
     );
     created["jid"].as_str().expect("jid").to_owned()
@@ -83,7 +65,7 @@ fn group_entry<'a>(conversations: &'a Value, room: &str) -> &'a Value {
 
 /// The caller's entry for `room` in `GET /api/v1/conversations`.
 async fn listed(server: &Server, token: &str, room: &str) -> Value {
-    let list = json(
+    let list = json_body(
         &server.http_get_bearer("/api/v1/conversations", token).await,
         200,
     );
@@ -137,7 +119,7 @@ async fn mentions_flag_offline_members_until_read() {
     assert_eq!(bob_entry["mentioned"], true, "{bob_entry}");
     assert_eq!(bob_entry["mention_id"], to_bob.as_str(), "{bob_entry}");
     assert_eq!(bob_entry["unread"], 3, "{bob_entry}");
-    let snapshot = json(
+    let snapshot = json_body(
         &server.http_get_bearer("/api/v1/sync", &bob_token).await,
         200,
     );
@@ -148,8 +130,8 @@ async fn mentions_flag_offline_members_until_read() {
 
     // Reading up to the mention clears it; the sync feed reports the change.
     let read = serde_json::json!({ "with": room, "seq": 1 }).to_string();
-    let moved = json(
-        &call(&server, "POST", "/api/v1/read", &bob_token, &read).await,
+    let moved = json_body(
+        &server.call("POST", "/api/v1/read", &bob_token, &read).await,
         200,
     );
     assert_eq!(moved["seq"], 1, "{moved}");
@@ -159,7 +141,7 @@ async fn mentions_flag_offline_members_until_read() {
     assert_eq!(bob_entry["mention_id"], Value::Null, "{bob_entry}");
     assert_eq!(bob_entry["unread"], 2, "{bob_entry}");
     let path = format!("/api/v1/sync?since={since}");
-    let changes = json(&server.http_get_bearer(&path, &bob_token).await, 200);
+    let changes = json_body(&server.http_get_bearer(&path, &bob_token).await, 200);
     let synced = group_entry(&changes["conversations"], &room);
     assert_eq!(synced["mentioned"], false, "{changes}");
     assert_eq!(synced["read_seq"], 1, "{changes}");
@@ -207,7 +189,7 @@ async fn markers_move_group_read_position_across_devices_and_count_readers() {
     assert_eq!(listed(&server, &alice_token, &room).await["unread"], 0);
 
     // Nobody has read anything: 0 of the 2 members besides the sender.
-    let answer = json(&read_by(&server, &alice_token, &room, &second).await, 200);
+    let answer = json_body(&read_by(&server, &alice_token, &room, &second).await, 200);
     assert_eq!(
         answer,
         serde_json::json!({ "read": 0, "members": 2, "readers": [] })
@@ -269,19 +251,21 @@ async fn markers_move_group_read_position_across_devices_and_count_readers() {
 
     // Read by 1 of 2 for the first two messages, 0 of 2 for the third.
     for (id, read) in [(&first, 1), (&second, 1), (&third, 0)] {
-        let answer = json(&read_by(&server, &carol_token, &room, id).await, 200);
+        let answer = json_body(&read_by(&server, &carol_token, &room, id).await, 200);
         assert_eq!(answer["read"], read, "{id}: {answer}");
         assert_eq!(answer["members"], 2, "{id}: {answer}");
     }
     // Carol reads everything over HTTP: 2 of 2.
     let read = serde_json::json!({ "with": room, "seq": 3 }).to_string();
-    let moved = json(
-        &call(&server, "POST", "/api/v1/read", &carol_token, &read).await,
+    let moved = json_body(
+        &server
+            .call("POST", "/api/v1/read", &carol_token, &read)
+            .await,
         200,
     );
     // Bob's message after it is still unread for her.
     assert_eq!(moved["unread"], 1, "{moved}");
-    let answer = json(&read_by(&server, &alice_token, &room, &second).await, 200);
+    let answer = json_body(&read_by(&server, &alice_token, &room, &second).await, 200);
     assert_eq!(
         answer,
         serde_json::json!({
@@ -290,7 +274,7 @@ async fn markers_move_group_read_position_across_devices_and_count_readers() {
     );
     // Bob's own message (seq 4): counted over the other members, alice and carol, neither
     // of whom read that far.
-    let answer = json(&read_by(&server, &bob_token, &room, &own).await, 200);
+    let answer = json_body(&read_by(&server, &bob_token, &room, &own).await, 200);
     assert_eq!(
         answer,
         serde_json::json!({ "read": 0, "members": 2, "readers": [] })
@@ -298,8 +282,8 @@ async fn markers_move_group_read_position_across_devices_and_count_readers() {
 
     // Only members may ask; an unknown message is no answer either.
     let refused = read_by(&server, &dave_token, &room, &second).await;
-    assert_eq!(json(&refused, 404)["error"], "group_not_found");
+    assert_eq!(json_body(&refused, 404)["error"], "group_not_found");
     let unknown = read_by(&server, &alice_token, &room, "no-such-id").await;
-    assert_eq!(json(&unknown, 404)["error"], "message_not_found");
+    assert_eq!(json_body(&unknown, 404)["error"], "message_not_found");
     server.stop().await;
 }

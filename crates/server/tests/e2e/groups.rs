@@ -4,7 +4,7 @@
 //! getting them, the sync feed reports the group's arrival, change and removal, and the XMPP
 //! side sees the XEP-0045 notifications.
 
-use crate::harness::{Client, HttpResponse, Server, body_of, http_request, ns, xml};
+use crate::harness::{Client, Server, assert_error, body_of, json_body, ns, xml};
 use minidom::Element;
 use serde_json::Value;
 
@@ -12,34 +12,11 @@ const MUC: &str = "http://jabber.org/protocol/muc";
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 const SID: &str = "urn:xmpp:sid:0";
 
-/// `method path` with the bearer token and a JSON body.
-async fn call(server: &Server, method: &str, path: &str, token: &str, json: &str) -> HttpResponse {
-    http_request(
-        server.http,
-        method,
-        path,
-        &format!("Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"),
-        json,
-    )
-    .await
-}
-
-/// The JSON body of an answer with this status.
-fn json(response: &HttpResponse, status: u16) -> Value {
-    assert_eq!(response.status, status, "{response:?}");
-    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {response:?}"))
-}
-
-/// A JSON error answer with this status and code.
-fn assert_error(response: &HttpResponse, status: u16, code: &str) {
-    assert_eq!(json(response, status)["error"], code, "{response:?}");
-}
-
 /// Creates a group as the token's owner and returns its room JID.
 async fn create(server: &Server, token: &str, name: &str, members: &[&str]) -> String {
     let body = serde_json::json!({ "name": name, "members": members }).to_string();
-    let reply = call(server, "POST", "/api/v1/groups", token, &body).await;
-    let created = json(&reply, 201);
+    let reply = server.call("POST", "/api/v1/groups", token, &body).await;
+    let created = json_body(&reply, 201);
     created["jid"]
         .as_str()
         .unwrap_or_else(|| panic!("no jid in {created}"))
@@ -52,7 +29,7 @@ async fn sync(server: &Server, token: &str, since: Option<&str>) -> Value {
         Some(since) => format!("/api/v1/sync?since={since}"),
         None => "/api/v1/sync".to_owned(),
     };
-    json(&server.http_get_bearer(&path, token).await, 200)
+    json_body(&server.http_get_bearer(&path, token).await, 200)
 }
 
 /// The `<status code/>`s of a MUC stanza.
@@ -179,7 +156,7 @@ async fn group_messages_reach_every_member_device_joined_or_not() {
     // Removed through the API: the joined session is removed from the members-only room
     // (status 321), the other device gets status 101 with affiliation none.
     let path = format!("/api/v1/groups/{room}/members/bob@localhost");
-    let removed = call(&server, "DELETE", &path, &token, "").await;
+    let removed = server.call("DELETE", &path, &token, "").await;
     assert_eq!(removed.status, 204, "{removed:?}");
     let (gone, _) = bob_desk
         .expect_matching("bob's removal from the room", |e| {
@@ -228,13 +205,13 @@ async fn group_list_sync_feed_and_management_rules() {
     let since = added["next"].as_str().expect("next").to_owned();
 
     // The list and the detail.
-    let list = json(
+    let list = json_body(
         &server.http_get_bearer("/api/v1/groups", &bob_token).await,
         200,
     );
     assert_eq!(list["groups"][0]["jid"], room.as_str(), "{list}");
     let detail_path = format!("/api/v1/groups/{room}");
-    let detail = json(&server.http_get_bearer(&detail_path, &bob_token).await, 200);
+    let detail = json_body(&server.http_get_bearer(&detail_path, &bob_token).await, 200);
     assert_eq!(
         detail["members"],
         serde_json::json!([
@@ -254,11 +231,13 @@ async fn group_list_sync_feed_and_management_rules() {
     join(&mut bob, &room, "bob").await;
     let patch = r#"{"name":"Renamed","announcement":"Full moon"}"#;
     assert_error(
-        &call(&server, "PATCH", &detail_path, &bob_token, patch).await,
+        &server.call("PATCH", &detail_path, &bob_token, patch).await,
         403,
         "forbidden",
     );
-    let patched = call(&server, "PATCH", &detail_path, &alice_token, patch).await;
+    let patched = server
+        .call("PATCH", &detail_path, &alice_token, patch)
+        .await;
     assert_eq!(patched.status, 204, "{patched:?}");
     let (notice, _) = bob
         .expect_matching("the configuration change notice", |e| {
@@ -278,7 +257,7 @@ async fn group_list_sync_feed_and_management_rules() {
     say(&mut alice, &room, "first").await;
     alice.expect_message_with_body("first").await;
     bob.expect_message_with_body("first").await;
-    let conversations = json(
+    let conversations = json_body(
         &server
             .http_get_bearer("/api/v1/conversations", &bob_token)
             .await,
@@ -289,30 +268,30 @@ async fn group_list_sync_feed_and_management_rules() {
         room.as_str(),
         "{conversations}"
     );
-    let detail = json(&server.http_get_bearer(&detail_path, &bob_token).await, 200);
+    let detail = json_body(&server.http_get_bearer(&detail_path, &bob_token).await, 200);
     assert_eq!(detail["last_seq"], 1, "{detail}");
 
     // Members are added by admins and owners only.
     let add = r#"{"members":["carol@localhost"]}"#;
     let members_path = format!("{detail_path}/members");
     assert_error(
-        &call(&server, "POST", &members_path, &bob_token, add).await,
+        &server.call("POST", &members_path, &bob_token, add).await,
         403,
         "forbidden",
     );
     assert_error(
-        &call(
-            &server,
-            "POST",
-            &members_path,
-            &alice_token,
-            r#"{"members":["nobody@localhost"]}"#,
-        )
-        .await,
+        &server
+            .call(
+                "POST",
+                &members_path,
+                &alice_token,
+                r#"{"members":["nobody@localhost"]}"#,
+            )
+            .await,
         404,
         "member_not_found",
     );
-    let added = call(&server, "POST", &members_path, &alice_token, add).await;
+    let added = server.call("POST", &members_path, &alice_token, add).await;
     assert_eq!(added.status, 204, "{added:?}");
     let notice = expect_affiliation_notice(&mut carol, &room).await;
     assert_eq!(
@@ -324,7 +303,7 @@ async fn group_list_sync_feed_and_management_rules() {
 
     // Bob leaves by himself; his feed reports the group removed.
     let leave = format!("{members_path}/bob@localhost");
-    let left = call(&server, "DELETE", &leave, &bob_token, "").await;
+    let left = server.call("DELETE", &leave, &bob_token, "").await;
     assert_eq!(left.status, 204, "{left:?}");
     let removed = sync(&server, &bob_token, Some(&since)).await;
     assert_eq!(
@@ -337,7 +316,7 @@ async fn group_list_sync_feed_and_management_rules() {
         serde_json::json!([]),
         "{removed}"
     );
-    let list = json(
+    let list = json_body(
         &server.http_get_bearer("/api/v1/groups", &bob_token).await,
         200,
     );
@@ -345,7 +324,7 @@ async fn group_list_sync_feed_and_management_rules() {
     // The last owner cannot leave.
     let owner_leaves = format!("{members_path}/alice@localhost");
     assert_error(
-        &call(&server, "DELETE", &owner_leaves, &alice_token, "").await,
+        &server.call("DELETE", &owner_leaves, &alice_token, "").await,
         409,
         "last_owner",
     );
@@ -365,7 +344,7 @@ async fn a_group_survives_a_restart_and_still_reaches_members_who_never_joined()
     let mut alice = server.login_available("alice", "phone", 0).await;
     let mut bob = server.login_available("bob", "phone", 0).await;
     let bob_token = bob.im_token().await;
-    let list = json(
+    let list = json_body(
         &server.http_get_bearer("/api/v1/groups", &bob_token).await,
         200,
     );

@@ -396,6 +396,18 @@ impl Server {
         .await
     }
 
+    /// `method path` with an IM token and a JSON body.
+    pub async fn call(&self, method: &str, path: &str, token: &str, json: &str) -> HttpResponse {
+        http_request(
+            self.http,
+            method,
+            path,
+            &format!("Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"),
+            json,
+        )
+        .await
+    }
+
     /// `POST path` with a JSON body and `Authorization: Bearer token`.
     pub async fn http_post_json_bearer(&self, path: &str, token: &str, json: &str) -> HttpResponse {
         http_request(
@@ -1021,6 +1033,23 @@ pub struct HttpResponse {
 /// `GET path` over HTTP/1.1 with `Connection: close`; the whole exchange within [`STEP`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     http_get_with(addr, path, "").await
+}
+
+/// The JSON body of an HTTP answer, which must have this status.
+pub fn json_body(response: &HttpResponse, status: u16) -> serde_json::Value {
+    assert_eq!(response.status, status, "{response:?}");
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {response:?}"))
+}
+
+/// A JSON error answer (`{"error", "message"}`) with this status and error code.
+pub fn assert_error(response: &HttpResponse, status: u16, code: &str) {
+    assert!(
+        response.headers.contains("content-type: application/json"),
+        "{response:?}"
+    );
+    let body = json_body(response, status);
+    assert_eq!(body["error"], code, "{response:?}");
+    assert!(body["message"].is_string(), "{response:?}");
 }
 
 /// `method path` with extra raw header lines (each ending in `\r\n`) and a body.

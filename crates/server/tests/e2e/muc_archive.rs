@@ -2,7 +2,7 @@
 //! room's stanza-id and a Confab receipt carrying the room's sequence; resends recognised;
 //! history on join from the archive across a restart; XEP-0313 on the room JID.
 
-use crate::harness::{Client, HttpResponse, Server, body_of, ns, stanza_error, xml};
+use crate::harness::{Client, Server, assert_error, body_of, ns, stanza_error, xml};
 use minidom::Element;
 use serde_json::Value;
 
@@ -340,13 +340,6 @@ async fn room_archive_pages_and_is_closed_to_non_members_of_a_members_only_room(
         .await;
     assert_eq!(own.attr("type"), Some("result"), "{}", xml(&own));
     assert_eq!(rsm_text(&own, "first"), None, "{}", xml(&own));
-}
-
-/// A JSON error answer with this status and code.
-fn assert_error(response: &HttpResponse, status: u16, code: &str) {
-    assert_eq!(response.status, status, "{response:?}");
-    let body: Value = serde_json::from_str(&response.body).expect("JSON error body");
-    assert_eq!(body["error"], code, "{response:?}");
 }
 
 #[tokio::test]
