@@ -118,6 +118,15 @@ impl Module for LogModule {
         &[receipt::SID, receipt::ACK, recall::RETRACT]
     }
 
+    async fn on_fan_out(&self, router: &Router, stanza: &mut Stanza) -> Flow {
+        // Fan-outs carry group chat, which this log never commits (the room commits its own
+        // messages); only the XEP-0359 §3 stripping of `on_routed` applies, once per message.
+        if stanza.kind == StanzaKind::Message {
+            receipt::strip_our_stanza_ids(&mut stanza.element, router.domain().as_str());
+        }
+        Flow::Continue
+    }
+
     async fn on_routed(&self, router: &Router, stanza: &mut Stanza) -> Flow {
         if stanza.kind != StanzaKind::Message {
             return Flow::Continue;

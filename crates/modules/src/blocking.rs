@@ -27,8 +27,8 @@ use confab_core::jids;
 use confab_core::stanza::element;
 use confab_core::store::StoreError;
 use confab_core::{
-    BareJid, Element, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType, StanzaKind,
-    ns,
+    BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType,
+    StanzaKind, ns,
 };
 use confab_router::{Flow, IqOutcome, Module, Router};
 use confab_sessions::{Resource, SessionId};
@@ -470,6 +470,42 @@ impl Module for Blocking {
             }
         }
         Flow::Continue
+    }
+
+    fn filters_fan_out(&self) -> bool {
+        true
+    }
+
+    /// The checks of `on_routed` for one copy of a fan-out (a room's broadcast): a recipient
+    /// who blocks the sender (for group chat the occupant JID, its room or the service) does
+    /// not get it, silently (XEP-0191 §3.3: group chat is not answered).
+    async fn admits(&self, router: &Router, stanza: &Stanza, recipient: &FullJid) -> bool {
+        let Some(from) = &stanza.from else {
+            return true;
+        };
+        let to = Jid::from(recipient.clone());
+        if !router.is_local_account(&to) || router.is_server(from) || jids::same_bare(from, &to) {
+            return true;
+        }
+        match self.list(router, &recipient.clone().into_bare()).await {
+            Ok(list) if list.blocks(from) => return false,
+            Ok(_) => {}
+            Err(error) => {
+                // Failing closed, as in `on_routed`.
+                tracing::warn!(%error, %recipient, "blocklist unavailable; copy dropped");
+                return false;
+            }
+        }
+        if !stanza.is_error() && router.is_local_account(from) {
+            match self.list(router, &from.to_bare()).await {
+                Ok(list) => return !list.blocks(&to),
+                Err(error) => {
+                    tracing::warn!(%error, sender = %from, "blocklist unavailable; copy dropped");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     async fn on_routed(&self, router: &Router, stanza: &mut Stanza) -> Flow {

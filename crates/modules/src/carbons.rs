@@ -222,6 +222,15 @@ impl Module for Carbons {
         IqOutcome::Result(None)
     }
 
+    async fn on_fan_out(&self, _router: &Router, stanza: &mut Stanza) -> Flow {
+        // Fan-outs carry group chat, which is never copied (§6: not `eligible`); what is left
+        // of `on_routed` is hiding the sender's hint from the recipients.
+        if stanza.kind == StanzaKind::Message {
+            strip_private(&mut stanza.element);
+        }
+        Flow::Continue
+    }
+
     async fn on_routed(&self, router: &Router, stanza: &mut Stanza) -> Flow {
         if stanza.kind != StanzaKind::Message {
             return Flow::Continue;

@@ -61,15 +61,16 @@
 //! `presence_broadcast_max` occupants a room is quiet ([`Room::quiet`]): no occupant presence
 //! is broadcast, so a join costs O(1) stanzas instead of O(occupants). Copies go into the
 //! recipients' bounded mailboxes without waiting ([`Resource::send`]): a member whose mailbox
-//! is full is disconnected (`policy-violation`), never waited for. Not yet: serialising a
-//! broadcast once. Today each copy is its own `Stanza` (an element clone with its own `to`),
-//! routed through every module's `on_routed` hook and encoded by each connection. The plan: a
+//! is full is disconnected (`policy-violation`), never waited for. A broadcast leaves the room
+//! as one message and its recipients ([`room::Broadcast`]) for [`Router::fan_out`], which runs
+//! the routing hooks once per message and per copy only the recipient's checks (blocking).
+//! Not yet: serialising a broadcast once. Each copy is still its own `Stanza` (an element
+//! clone with its own `to`) encoded by each connection. The plan: a
 //! `SessionCommand::Shared(Arc<SharedStanza>, FullJid)` whose shared part holds the element
 //! without `to` and its encoding per wire format, made once (`OnceLock`); the XML writer
-//! splices ` to='…'` after the element name, the protobuf writer appends the `to` field; the
-//! router runs the hooks once per message with a per-recipient check (blocking); XEP-0198 keeps
-//! the shared command in its unacknowledged queue and builds a `Stanza` only to resend or hand
-//! back; one-to-one delivery keeps `Deliver`.
+//! splices ` to='…'` after the element name, the protobuf writer appends the `to` field;
+//! XEP-0198 keeps the shared command in its unacknowledged queue and builds a `Stanza` only to
+//! resend or hand back; one-to-one delivery keeps `Deliver`.
 //!
 //! Several sessions of one account may share a nick (the others see one occupant; a
 //! session that leaves while another stays is not announced; such a session cannot change
@@ -88,7 +89,7 @@ use chrono::{DateTime, Utc};
 use confab_core::archive::{
     AmendKind, ArchiveStore, NewMessage, group_conversation, new_server_id,
 };
-use confab_core::stanza::{element, set_attr};
+use confab_core::stanza::element;
 use confab_core::store::{RoomStore, StoreError};
 use confab_core::{
     BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaErrorType,
@@ -99,7 +100,7 @@ use confab_log::{MessageLog, PendingCommit, recall};
 use confab_router::{Module, Router};
 use confab_sessions::Resource;
 use model::{Affiliation, RoomConfig};
-use room::{Effect, Outcome, Room};
+use room::{Broadcast, Effect, Outcome, Room};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -185,33 +186,24 @@ pub struct GroupView {
     pub members: Vec<(BareJid, Affiliation)>,
 }
 
-/// Copies of a group's message for its members' available resources that are not in the
-/// room (docs/protocol/confab-groups.md): joined sessions get theirs from [`Room::broadcast`],
+/// The recipients of a group's message among its members' available resources that are not
+/// in the room (docs/protocol/confab-groups.md): joined sessions get theirs from [`Room::fan_out`],
 /// so none gets it twice. Nothing for a room that is no group, and nothing is queued for a
 /// member without an available resource: it catches up through MAM on the room or the HTTP
 /// history instead of an offline queue flooded by every group it is in.
-fn member_copies(router: &Router, room: &Room, message: &Element) -> Vec<Stanza> {
+fn member_recipients(router: &Router, room: &Room) -> Vec<FullJid> {
     if !room.config.group {
         return Vec::new();
     }
-    let from = message.attr("from").and_then(|f| Jid::new(f).ok());
-    let mut copies = Vec::new();
+    let mut recipients = Vec::new();
     for (member, _) in room.members() {
         for resource in router.sessions.available(member) {
-            if room.has_occupant(&resource.jid) {
-                continue;
+            if !room.has_occupant(&resource.jid) {
+                recipients.push(resource.jid.clone());
             }
-            let mut element = message.clone();
-            set_attr(&mut element, "to", Some(resource.jid.to_string()));
-            copies.push(Stanza {
-                kind: StanzaKind::Message,
-                element,
-                to: Some(resource.jid.clone().into()),
-                from: from.clone(),
-            });
         }
     }
-    copies
+    recipients
 }
 
 /// XEP-0045 status 101 ("your affiliation changed while you were not in the room", §15.2) to
@@ -520,9 +512,10 @@ impl Muc {
             };
             let mut committing = None;
             if let (Some(message), Some(from)) = (outcome.accepted.take(), &full) {
-                let (stanzas, pending) =
+                let (stanzas, broadcast, pending) =
                     self.accept(router, &mut room, message, &stanza, from).await;
                 outcome.stanzas.extend(stanzas);
+                outcome.broadcast = broadcast;
                 committing = pending;
             }
             let deferred = self.finish(router, &mut room, outcome).await;
@@ -686,12 +679,12 @@ impl Muc {
         mut message: Element,
         stanza: &Stanza,
         from: &FullJid,
-    ) -> (Vec<Stanza>, Option<Committing>) {
+    ) -> (Vec<Stanza>, Option<Broadcast>, Option<Committing>) {
         let Some(archive) = &self.archive else {
-            let copies = member_copies(router, room, &message);
-            let mut stanzas = room.broadcast(message, Utc::now());
-            stanzas.extend(copies);
-            return (stanzas, None);
+            let members = member_recipients(router, room);
+            let mut broadcast = room.fan_out(message, Utc::now());
+            broadcast.recipients.extend(members);
+            return (Vec::new(), Some(broadcast), None);
         };
         let client_id = receipt::client_id(&stanza.element);
         let room_jid = room.jid.to_string();
@@ -725,7 +718,7 @@ impl Muc {
                 Err(error) => {
                     tracing::debug!(room = %room_jid, %error, %sender, "group edit refused");
                     let reply = stanza.error_reply(&error.to_stanza_error());
-                    return (reply.into_iter().collect(), None);
+                    return (reply.into_iter().collect(), None, None);
                 }
             }
         }
@@ -759,9 +752,13 @@ impl Muc {
                     sender: from.clone(),
                     mentions,
                 };
-                (Vec::new(), Some(committing))
+                (Vec::new(), None, Some(committing))
             }
-            Err(error) => (commit_failed(&room_jid, stanza, &sender, &error), None),
+            Err(error) => (
+                commit_failed(&room_jid, stanza, &sender, &error),
+                None,
+                None,
+            ),
         }
     }
 
@@ -839,10 +836,11 @@ impl Muc {
             return;
         }
         let stamp = DateTime::from_timestamp_millis(committed.stamp_ms).unwrap_or_else(Utc::now);
-        let mut stanzas = room.broadcast(message.clone(), stamp);
-        stanzas.extend(member_copies(router, &room, &message));
+        let members = member_recipients(router, &room);
+        let mut broadcast = room.fan_out(message, stamp);
+        broadcast.recipients.extend(members);
         let outcome = Outcome {
-            stanzas,
+            broadcast: Some(broadcast),
             ..Outcome::default()
         };
         let deferred = self.finish(router, &mut room, outcome).await;
@@ -937,7 +935,7 @@ impl Muc {
                 )
             });
             let outcome = Outcome {
-                stanzas: room.broadcast(notice, Utc::now()),
+                broadcast: Some(room.fan_out(notice, Utc::now())),
                 ..Outcome::default()
             };
             let deferred = self.finish(router, &mut room, outcome).await;
@@ -1095,6 +1093,12 @@ impl Muc {
             .scope(routing, async {
                 for stanza in outcome.stanzas {
                     router.route(stanza).await;
+                }
+                // After the stanzas: an occupant's own presence or errors come first, as
+                // when the copies were among them.
+                if let Some(broadcast) = outcome.broadcast {
+                    let (stanza, recipients) = broadcast.into_parts();
+                    router.fan_out(stanza, recipients).await;
                 }
                 ROUTING.with(|routing| routing.deferred.take())
             })

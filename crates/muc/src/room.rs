@@ -61,6 +61,31 @@ pub enum Effect {
     Delete,
 }
 
+/// One groupchat message for many sessions: the element as broadcast but without `to`, and
+/// the full JIDs to address a copy to (see `Router::fan_out`).
+#[derive(Debug)]
+pub struct Broadcast {
+    /// The message, without `to`.
+    pub message: Element,
+    /// Its sender (the occupant JID), as the message's `from` says.
+    pub from: Option<Jid>,
+    /// Who gets a copy, in order.
+    pub recipients: Vec<FullJid>,
+}
+
+impl Broadcast {
+    /// The message as a stanza without `to`, for `Router::fan_out`.
+    pub fn into_parts(self) -> (Stanza, Vec<FullJid>) {
+        let stanza = Stanza {
+            kind: StanzaKind::Message,
+            element: self.message,
+            to: None,
+            from: self.from,
+        };
+        (stanza, self.recipients)
+    }
+}
+
 /// What handling one stanza produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -72,6 +97,8 @@ pub struct Outcome {
     /// `stanzas`: the service commits it first and then asks [`Room::broadcast`] for the
     /// copies (durable path), or broadcasts it at once when nothing archives the room.
     pub accepted: Option<Element>,
+    /// A message to fan out after `stanzas` (see [`Broadcast`]).
+    pub broadcast: Option<Broadcast>,
 }
 
 impl Outcome {
@@ -807,15 +834,33 @@ impl Room {
     /// The copies of an accepted (and, when archived, committed) groupchat message for every
     /// occupant now in the room (§7.4), which it also keeps for history at `stamp`.
     pub fn broadcast(&mut self, message: Element, stamp: DateTime<Utc>) -> Vec<Stanza> {
+        let Broadcast {
+            message,
+            from,
+            recipients,
+        } = self.fan_out(message, stamp);
+        recipients
+            .iter()
+            .map(|session| deliver(message.clone(), from.clone(), session))
+            .collect()
+    }
+
+    /// [`Room::broadcast`] as one message and its recipients, for the router to fan out
+    /// without a copy per occupant ([`Broadcast`]).
+    pub fn fan_out(&mut self, message: Element, stamp: DateTime<Utc>) -> Broadcast {
         let from = message.attr("from").and_then(|f| Jid::new(f).ok());
-        let stanzas = self
+        let recipients = self
             .occupants
             .values()
             .flat_map(Occupant::session_jids)
-            .map(|session| deliver(message.clone(), from.clone(), session))
+            .cloned()
             .collect();
-        self.remember(message, stamp);
-        stanzas
+        self.remember(message.clone(), stamp);
+        Broadcast {
+            message,
+            from,
+            recipients,
+        }
     }
 
     /// Fills the history ring with archived messages (oldest first, as broadcast) after a

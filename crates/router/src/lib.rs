@@ -13,6 +13,9 @@
 //! **Architecture invariant:** the router never touches a socket and knows no feature by
 //! name. Features (roster, presence, offline storage, disco, …) are [`Module`]s registered at
 //! start-up; adding one never adds a branch here.
+//!
+//! One message for many full JIDs (a room's broadcast) goes through [`Router::fan_out`]: the
+//! `on_fan_out` hooks once per message, per copy only the modules' `admits` checks.
 
 mod module;
 
@@ -41,6 +44,8 @@ pub struct Router {
     modules: Vec<Arc<dyn Module>>,
     /// The modules that asked for `on_delivered`; empty means no per-message copy is made.
     delivery_observers: Vec<Arc<dyn Module>>,
+    /// The modules that check each copy of a fan-out ([`Module::admits`]).
+    fan_out_filters: Vec<Arc<dyn Module>>,
     iq_handlers: HashMap<&'static str, Arc<dyn Module>>,
     /// Service domains (e.g. `conference.<domain>`) and the module serving each.
     hosted: HashMap<String, Arc<dyn Module>>,
@@ -72,6 +77,11 @@ impl Router {
             .filter(|m| m.observes_delivery())
             .cloned()
             .collect();
+        let fan_out_filters = modules
+            .iter()
+            .filter(|m| m.filters_fan_out())
+            .cloned()
+            .collect();
         Self {
             domain,
             sessions,
@@ -79,6 +89,7 @@ impl Router {
             metrics,
             modules,
             delivery_observers,
+            fan_out_filters,
             iq_handlers,
             hosted,
         }
@@ -305,6 +316,34 @@ impl Router {
         self.send_and_notify(resource, stanza).await;
     }
 
+    /// Delivers one message to many full JIDs (a room's broadcast): `stanza` has no `to`. The
+    /// [`Module::on_fan_out`] hooks run once for the message instead of `on_routed` once per
+    /// copy; each copy then passes only the per-recipient [`Module::admits`] checks (inbound
+    /// blocking) and goes into the session's mailbox without waiting ([`Router::send`]). A
+    /// recipient without a session takes the ordinary route (a group chat message to a gone
+    /// resource is bounced, RFC 6121 §8.5.3.2.1), so the sender learns of it as before.
+    pub async fn fan_out(&self, mut stanza: Stanza, recipients: Vec<confab_core::FullJid>) {
+        debug_assert!(stanza.to.is_none(), "a fan-out is addressed per copy");
+        for module in &self.modules {
+            if let Flow::Handled = module.on_fan_out(self, &mut stanza).await {
+                return;
+            }
+        }
+        'copies: for recipient in recipients {
+            let Some(resource) = self.sessions.get(&recipient) else {
+                self.route(addressed(&stanza, &recipient)).await;
+                continue;
+            };
+            for module in &self.fan_out_filters {
+                if !module.admits(self, &stanza, &recipient).await {
+                    continue 'copies;
+                }
+            }
+            self.send_and_notify(&resource, addressed(&stanza, &recipient))
+                .await;
+        }
+    }
+
     async fn send_and_notify(&self, resource: &Arc<Resource>, stanza: Stanza) -> bool {
         // Copying a message costs a DOM clone; only make one if a module listens.
         let notify = stanza.kind == StanzaKind::Message && !self.delivery_observers.is_empty();
@@ -497,4 +536,12 @@ impl Router {
             .flat_map(|m| m.stream_features())
             .collect()
     }
+}
+
+/// A copy of a fanned-out stanza addressed to `to` (attribute and routing field).
+fn addressed(stanza: &Stanza, to: &confab_core::FullJid) -> Stanza {
+    let mut copy = stanza.clone();
+    confab_core::stanza::set_attr(&mut copy.element, "to", Some(to.to_string()));
+    copy.to = Some(to.clone().into());
+    copy
 }

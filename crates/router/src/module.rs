@@ -3,7 +3,7 @@
 
 use crate::Router;
 use async_trait::async_trait;
-use confab_core::{Element, Stanza, StanzaError};
+use confab_core::{Element, FullJid, Stanza, StanzaError};
 use confab_sessions::{Resource, Undelivered};
 use std::sync::Arc;
 
@@ -90,6 +90,26 @@ pub trait Module: Send + Sync + 'static {
     /// one full JID). Inbound subscription handling, probes and inbound blocking hook here.
     async fn on_routed(&self, _router: &Router, _stanza: &mut Stanza) -> Flow {
         Flow::Continue
+    }
+
+    /// A message the router fans out to many sessions ([`Router::fan_out`], e.g. a room's
+    /// broadcast), once per message and before any copy is addressed: `to` is `None`. The
+    /// part of `on_routed` that does not depend on the recipient (stripping elements)
+    /// belongs here; per-recipient decisions go to [`Module::admits`].
+    async fn on_fan_out(&self, _router: &Router, _stanza: &mut Stanza) -> Flow {
+        Flow::Continue
+    }
+
+    /// Whether this module wants [`Module::admits`] for every copy of a fan-out. Asked once,
+    /// when the router is built, so modules without a per-recipient check cost nothing.
+    fn filters_fan_out(&self) -> bool {
+        false
+    }
+
+    /// Whether the fanned-out `stanza` (without `to`) may reach `recipient` (only called when
+    /// [`Module::filters_fan_out`] is true). A refused copy is dropped silently.
+    async fn admits(&self, _router: &Router, _stanza: &Stanza, _recipient: &FullJid) -> bool {
+        true
     }
 
     /// A message for an existing account that has no available resource

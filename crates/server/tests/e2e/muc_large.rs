@@ -270,3 +270,78 @@ async fn a_member_that_stops_reading_does_not_slow_the_room() {
         .await;
     assert!(!xml(&list).contains("Slow"), "{}", xml(&list));
 }
+
+/// Blocks `jid` (XEP-0191 §3.3).
+async fn block(client: &mut Client, jid: &str) {
+    let reply = client
+        .iq(
+            "set",
+            None,
+            &format!(
+                "<block xmlns='{}'><item jid='{jid}'/></block>",
+                ns::BLOCKING
+            ),
+        )
+        .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", xml(&reply));
+}
+
+/// A room's broadcast runs the routing hooks once per message (`Router::fan_out`), but the
+/// inbound block still holds per recipient: one who blocks the sender's occupant JID, or
+/// the room, gets none of its copies, while the others get theirs.
+#[tokio::test]
+async fn a_broadcast_skips_recipients_who_block_the_sender_or_the_room() {
+    let server = Server::builder()
+        .users(&["owner", "talker", "hater", "leaver"])
+        .start()
+        .await;
+    let mut owner = server.login_available("owner", "r", 0).await;
+    let mut talker = server.login_available("talker", "r", 0).await;
+    let mut hater = server.login_available("hater", "r", 0).await;
+    let mut leaver = server.login_available("leaver", "r", 0).await;
+    create(&mut owner, "Owner").await;
+    join(&mut talker, "Talker").await;
+    join(&mut hater, "Hater").await;
+    join(&mut leaver, "Leaver").await;
+    block(&mut hater, &format!("{ROOM}/Talker")).await;
+    block(&mut leaver, ROOM).await;
+
+    say(&mut talker, "from talker").await;
+    owner.expect_message_with_body("from talker").await;
+    say(&mut owner, "from owner").await;
+    // Messages of one room arrive in order: had Hater been sent Talker's copy, it would
+    // come before the owner's.
+    let (message, before) = hater
+        .expect_matching("the owner's message", |e| {
+            body_of(e).as_deref() == Some("from owner")
+        })
+        .await;
+    assert_eq!(message.attr("from"), Some(&*format!("{ROOM}/Owner")));
+    assert_eq!(message.attr("to"), Some("hater@localhost/r"));
+    assert!(
+        !before
+            .iter()
+            .any(|e| body_of(e).as_deref() == Some("from talker")),
+        "a blocked sender's message was delivered: {before:?}"
+    );
+    // The talker, who blocks nobody, gets the others' messages.
+    talker.expect_message_with_body("from owner").await;
+    say(&mut hater, "hater speaks").await;
+    talker.expect_message_with_body("hater speaks").await;
+    // The room serves this query under its lock, so after it every copy of the messages
+    // above is in its recipient's mailbox: Leaver, who blocks the room, would read any of
+    // them before its ping result.
+    owner
+        .iq("get", Some(ROOM), &format!("<query xmlns='{DISCO_INFO}'/>"))
+        .await;
+    leaver
+        .send("<iq type='get' id='ping1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let (_, before) = leaver
+        .expect_matching("the ping result", |e| e.attr("id") == Some("ping1"))
+        .await;
+    assert!(
+        !before.iter().any(|e| body_of(e).is_some()),
+        "a blocked room's message was delivered: {before:?}"
+    );
+}
