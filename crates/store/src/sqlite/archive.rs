@@ -127,6 +127,30 @@ type MessageRow = (
     String,
 );
 
+/// One page from rows fetched with `limit + 1` (the extra row only says more exist), in
+/// chronological order whichever way it was read.
+fn archive_page(
+    rows: Vec<MessageRow>,
+    limit: u32,
+    page: &Page,
+    count: Option<u64>,
+) -> StoreResult<ArchivePage> {
+    let complete = rows.len() <= limit as usize;
+    let mut messages = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(message_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    if *page == Page::Backward {
+        messages.reverse();
+    }
+    Ok(ArchivePage {
+        messages,
+        complete,
+        count,
+    })
+}
+
 /// Turns a stored row back into a message; a negative sequence means a hand-edited file.
 fn message_from_row(row: MessageRow) -> StoreResult<ArchivedMessage> {
     let (server_id, conversation, seq, sender, recipient, client_id, stamp_ms, xml) = row;
@@ -374,20 +398,7 @@ impl ArchiveStore for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?;
-        let complete = rows.len() <= limit as usize;
-        let mut messages = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(message_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        if query.page == Page::Backward {
-            messages.reverse();
-        }
-        Ok(ArchivePage {
-            messages,
-            complete,
-            count,
-        })
+        archive_page(rows, limit, &query.page, count)
     }
 
     async fn query_conversation(
@@ -445,20 +456,7 @@ impl ArchiveStore for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?;
-        let complete = rows.len() <= limit as usize;
-        let mut messages = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(message_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        if query.page == Page::Backward {
-            messages.reverse();
-        }
-        Ok(ArchivePage {
-            messages,
-            complete,
-            count,
-        })
+        archive_page(rows, limit, &query.page, count)
     }
 
     async fn archive_prefs(&self, owner: &str) -> StoreResult<ArchivePrefs> {
