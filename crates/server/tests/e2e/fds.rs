@@ -1,7 +1,7 @@
 //! Descriptor exhaustion: under a low `ulimit -n` the server refuses the connections it has
 //! no descriptors for, keeps running, and serves again once descriptors are free.
 
-use crate::harness::{Client, Event, Server, metric, stream_header};
+use crate::harness::{Client, Event, Server, metric, ns, password, stream_header};
 use std::time::Duration;
 
 /// Far more connections than the descriptor limit allows.
@@ -46,12 +46,15 @@ async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
     // Free the descriptors; the server serves HTTP and XMPP again.
     drop(clients);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
-        // A new connection is accepted once the server has closed the flood's sockets.
+    let mut alice = loop {
+        // A new connection is accepted once the server has closed the flood's sockets (it
+        // does so as it reads their ends, so the first acceptance can come before the last
+        // close: the connection that proves recovery is the one that logs in).
         let mut probe = Client::connect(server.c2s).await;
         let _ = probe.try_send(stream_header("localhost").as_bytes()).await;
         if matches!(probe.next_event().await, Event::Open) {
-            break server.metrics().await;
+            probe.expect("features", ns::STREAM).await;
+            break probe;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -59,6 +62,12 @@ async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    alice.auth_plain("alice", &password("alice")).await;
+    alice.expect("success", ns::SASL).await;
+    alice.open_stream().await;
+    alice.bind(Some("after")).await;
+    alice.sync().await;
+    let metrics = server.metrics().await;
     let health = server.http_get("/healthz").await;
     assert_eq!(health.status, 200, "{health:?}");
     let counted = metric(&metrics, "confab_connections_refused_total").unwrap_or(0.0);
@@ -67,7 +76,5 @@ async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
         "confab_connections_refused_total {counted} counts the {refused} refusals \
          ({accepted} accepted):\n{metrics}"
     );
-    let mut alice = server.login("alice", "after").await;
-    alice.sync().await;
     assert!(server.is_running());
 }
