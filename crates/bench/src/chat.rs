@@ -47,8 +47,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, watch};
 
-use crate::client::{Read, Session, ping_reply};
-use crate::link::{LinkReader, LinkWriter};
+use crate::client::{Read, Session};
+use crate::link::{LinkReader, SharedWriter, bounce, message_to_count};
 use crate::report::{self, CpuMeter, Failures};
 use crate::sm::{self, SmCounter, SmEvent};
 use crate::stamp::{
@@ -169,7 +169,7 @@ struct ReaderStats {
     sm: Option<SmCounter>,
 }
 
-type Writer = Arc<Mutex<LinkWriter>>;
+type Writer = SharedWriter;
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let common = &args.common;
@@ -889,21 +889,11 @@ async fn reader(
                 SmEvent::Stanza => {}
             }
         }
-        match xml::tag_name(&element) {
-            b"message" => {}
-            b"iq" => {
-                if let Some(reply) = ping_reply(&element) {
-                    let _ = writer.lock().await.send(reply.as_bytes()).await;
-                }
-                continue;
-            }
-            _ => continue,
+        if !message_to_count(&element, &writer).await {
+            continue;
         }
-        if xml::attr(&element, "type") == Some(b"error") {
-            *stats
-                .errors
-                .entry(format!("bounced: {}", xml::error_reason(&element)))
-                .or_default() += 1;
+        if let Some(reason) = bounce(&element) {
+            *stats.errors.entry(reason).or_default() += 1;
             // The bounce went back to the sender's connection: it settles the other way.
             stats.bounced += 1;
             pair.answered[other].fetch_add(1, Ordering::Relaxed);

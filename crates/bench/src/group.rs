@@ -42,8 +42,8 @@ use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{Conn, Read, Session, ping_reply};
-use crate::link::{LinkReader, LinkWriter};
+use crate::client::{Conn, Read, Session};
+use crate::link::{LinkReader, SharedWriter, bounce, message_to_count};
 use crate::report::{self, CpuMeter, Failures};
 use crate::stamp::{
     SeqSet, Stamp, Tally, due_offset, now_us, parse_body, per_second, push_id, tally,
@@ -113,7 +113,7 @@ struct ReaderStats {
     dropped: Option<String>,
 }
 
-type Writer = Arc<Mutex<LinkWriter>>;
+type Writer = SharedWriter;
 
 pub async fn run(args: GroupArgs) -> anyhow::Result<()> {
     let common = &args.common;
@@ -952,22 +952,12 @@ async fn reader(
                 }
             },
         };
-        match xml::tag_name(&element) {
-            b"message" => {}
-            b"iq" => {
-                if let Some(reply) = ping_reply(&element) {
-                    let _ = writer.lock().await.send(reply.as_bytes()).await;
-                }
-                continue;
-            }
-            // Occupants' presence (late join broadcasts) is expected and ignored.
-            _ => continue,
+        // Occupants' presence (late join broadcasts) is expected and ignored.
+        if !message_to_count(&element, &writer).await {
+            continue;
         }
-        if xml::attr(&element, "type") == Some(b"error") {
-            *stats
-                .errors
-                .entry(format!("bounced: {}", xml::error_reason(&element)))
-                .or_default() += 1;
+        if let Some(reason) = bounce(&element) {
+            *stats.errors.entry(reason).or_default() += 1;
             // Bounces go back to the sender only: one message reaches no occupant.
             if let Some(own) = watch.own {
                 let sender = &watch.shared[own];

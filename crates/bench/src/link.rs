@@ -646,6 +646,31 @@ where
     }
 }
 
+/// A connection's writer shared by a scenario's sender and its reader (which answers pings).
+pub type SharedWriter = std::sync::Arc<tokio::sync::Mutex<LinkWriter>>;
+
+/// First step of a scenario reader: whether `element` is a message to account for. An IQ is
+/// answered here (XEP-0199 ping, or `service-unavailable`), so the server never waits on the
+/// tool; anything else (presence) is skipped.
+pub async fn message_to_count(element: &[u8], writer: &SharedWriter) -> bool {
+    match xml::tag_name(element) {
+        b"message" => true,
+        b"iq" => {
+            if let Some(reply) = crate::client::ping_reply(element) {
+                let _ = writer.lock().await.send(reply.as_bytes()).await;
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// `bounced: <condition>` for an error message, as the scenarios tally bounces.
+pub fn bounce(element: &[u8]) -> Option<String> {
+    (xml::attr(element, "type") == Some(b"error"))
+        .then(|| format!("bounced: {}", xml::error_reason(element)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
