@@ -4,10 +4,10 @@
 //! marker from one device moves the read position (the other device is told, the room is
 //! not), and the API answers unread counts and "read by N of M".
 
-use crate::harness::{Client, HttpResponse, Server, body_of, json_body, ns, password, xml};
+use crate::harness::{Client, HttpResponse, Server, body_of, json_body, password, xml};
+use crate::muc_client;
 use serde_json::Value;
 
-const MUC: &str = "http://jabber.org/protocol/muc";
 const SID: &str = "urn:xmpp:sid:0";
 const MARKERS: &str = "urn:xmpp:chat-markers:0";
 const READ: &str = "urn:confab:read:0";
@@ -24,16 +24,7 @@ async fn create(server: &Server, token: &str, members: &[&str]) -> String {
 
 /// Joins `room` as `nick`; returns once the subject (the end of a join) arrived.
 async fn join(client: &mut Client, room: &str, nick: &str) {
-    client
-        .send(format!(
-            "<presence to='{room}/{nick}'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>"
-        ))
-        .await;
-    client
-        .expect_matching("the room subject", |e| {
-            e.is("message", ns::CLIENT) && e.has_child("subject", ns::CLIENT)
-        })
-        .await;
+    muc_client::join(client, room, nick, "<history maxstanzas='0'/>").await;
 }
 
 /// Sends a groupchat message (`extra` children after the body) as a joined occupant and

@@ -5,10 +5,10 @@
 //! side sees the XEP-0045 notifications.
 
 use crate::harness::{Client, Server, assert_error, body_of, json_body, ns, xml};
+use crate::muc_client::{self, codes};
 use minidom::Element;
 use serde_json::Value;
 
-const MUC: &str = "http://jabber.org/protocol/muc";
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 const SID: &str = "urn:xmpp:sid:0";
 
@@ -30,19 +30,6 @@ async fn sync(server: &Server, token: &str, since: Option<&str>) -> Value {
         None => "/api/v1/sync".to_owned(),
     };
     json_body(&server.http_get_bearer(&path, token).await, 200)
-}
-
-/// The `<status code/>`s of a MUC stanza.
-fn codes(stanza: &Element) -> Vec<String> {
-    stanza
-        .get_child("x", MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.is("status", MUC_USER))
-                .filter_map(|c| c.attr("code").map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The `affiliation` of the muc#user `<item/>` of a stanza.
@@ -67,16 +54,7 @@ async fn expect_affiliation_notice(client: &mut Client, room: &str) -> Element {
 
 /// Joins `room` as `nick`; returns once the subject (the end of a join) arrived.
 async fn join(client: &mut Client, room: &str, nick: &str) {
-    client
-        .send(format!(
-            "<presence to='{room}/{nick}'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>"
-        ))
-        .await;
-    client
-        .expect_matching("the room subject", |e| {
-            e.is("message", ns::CLIENT) && e.has_child("subject", ns::CLIENT)
-        })
-        .await;
+    muc_client::join(client, room, nick, "<history maxstanzas='0'/>").await;
 }
 
 /// Sends a groupchat message to `room`.

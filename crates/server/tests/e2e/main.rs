@@ -19,6 +19,7 @@ mod limits;
 mod mam;
 mod muc;
 mod muc_archive;
+mod muc_client;
 mod muc_large;
 mod negotiation;
 mod pb_client;

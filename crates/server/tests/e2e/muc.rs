@@ -3,6 +3,7 @@
 //! self-ping (XEP-0410) and persistence across a restart.
 
 use crate::harness::{Client, DOMAIN, Server, body_of, ns, stanza_error, xml};
+use crate::muc_client::{codes, is_subject, join};
 use minidom::Element;
 
 const SERVICE: &str = "conference.localhost";
@@ -14,19 +15,6 @@ const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 const DATA: &str = "jabber:x:data";
 const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
-/// The `<status code/>`s of a MUC presence or message.
-fn codes(stanza: &Element) -> Vec<String> {
-    stanza
-        .get_child("x", MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.is("status", MUC_USER))
-                .filter_map(|c| c.attr("code").map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The `<item/>` of a MUC presence.
 fn item(stanza: &Element) -> &Element {
     stanza
@@ -37,23 +25,6 @@ fn item(stanza: &Element) -> &Element {
 
 fn is_presence_from(e: &Element, from: &str) -> bool {
     e.is("presence", ns::CLIENT) && e.attr("from") == Some(from)
-}
-
-fn is_subject(e: &Element) -> bool {
-    e.is("message", ns::CLIENT) && e.has_child("subject", ns::CLIENT)
-}
-
-/// Sends a join presence for `room/nick` with `inner` inside `<x xmlns=muc>` and returns
-/// everything up to and including the subject message, which ends a successful join.
-async fn join(client: &mut Client, room: &str, nick: &str, inner: &str) -> Vec<Element> {
-    client
-        .send(format!(
-            "<presence to='{room}/{nick}'><x xmlns='{MUC}'>{inner}</x></presence>"
-        ))
-        .await;
-    let (subject, mut before) = client.expect_matching("the room subject", is_subject).await;
-    before.push(subject);
-    before
 }
 
 /// Sends a join presence that must fail and returns the error condition.

@@ -3,11 +3,11 @@
 //! history on join from the archive across a restart; XEP-0313 on the room JID.
 
 use crate::harness::{Client, Server, assert_error, body_of, ns, stanza_error, xml};
+use crate::muc_client;
 use minidom::Element;
 use serde_json::Value;
 
 const ROOM: &str = "grove@conference.localhost";
-const MUC: &str = "http://jabber.org/protocol/muc";
 const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 const DATA: &str = "jabber:x:data";
@@ -17,20 +17,9 @@ const MAM: &str = "urn:xmpp:mam:2";
 const RSM: &str = "http://jabber.org/protocol/rsm";
 const FORWARD: &str = "urn:xmpp:forward:0";
 
-fn is_subject(e: &Element) -> bool {
-    e.is("message", ns::CLIENT) && e.has_child("subject", ns::CLIENT)
-}
-
 /// Joins `ROOM` as `nick` with `inner` in the MUC `<x/>`; returns everything up to the subject.
 async fn join(client: &mut Client, nick: &str, inner: &str) -> Vec<Element> {
-    client
-        .send(format!(
-            "<presence to='{ROOM}/{nick}'><x xmlns='{MUC}'>{inner}</x></presence>"
-        ))
-        .await;
-    let (subject, mut before) = client.expect_matching("the room subject", is_subject).await;
-    before.push(subject);
-    before
+    muc_client::join(client, ROOM, nick, inner).await
 }
 
 /// Creates `ROOM` with `owner` in it and submits `fields` (`(var suffix, value)`) as its

@@ -3,6 +3,7 @@
 //! stays usable; and a member that stops reading never holds up the others.
 
 use crate::harness::{Client, Server, body_of, ns, stanza_error, xml};
+use crate::muc_client;
 use minidom::Element;
 
 const ROOM: &str = "agora@conference.localhost";
@@ -13,10 +14,6 @@ const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const DATA: &str = "jabber:x:data";
 const ACK: &str = "urn:confab:ack:0";
-
-fn is_subject(e: &Element) -> bool {
-    e.is("message", ns::CLIENT) && e.has_child("subject", ns::CLIENT)
-}
 
 /// Whether `e` is a presence from `ROOM/nick`.
 fn presence_from(e: &Element, nick: &str) -> bool {
@@ -33,14 +30,7 @@ fn has_code(e: &Element, code: &str) -> bool {
 
 /// Joins `ROOM` as `nick` without history; returns everything up to the subject.
 async fn join(client: &mut Client, nick: &str) -> Vec<Element> {
-    client
-        .send(format!(
-            "<presence to='{ROOM}/{nick}'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>"
-        ))
-        .await;
-    let (subject, mut before) = client.expect_matching("the room subject", is_subject).await;
-    before.push(subject);
-    before
+    muc_client::join(client, ROOM, nick, "<history maxstanzas='0'/>").await
 }
 
 /// Creates `ROOM` as an instant room (XEP-0045 §10.1.2) with `owner` in it as `nick`.

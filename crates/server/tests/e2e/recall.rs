@@ -3,6 +3,7 @@
 //! history serve afterwards (tombstones and latest versions).
 
 use crate::harness::{Client, Server, body_of, ns, stanza_error, xml};
+use crate::muc_client;
 use minidom::Element;
 use serde_json::Value;
 
@@ -13,7 +14,6 @@ const SID: &str = "urn:xmpp:sid:0";
 const MAM: &str = "urn:xmpp:mam:2";
 const FORWARD: &str = "urn:xmpp:forward:0";
 const ROOM: &str = "den@conference.localhost";
-const MUC: &str = "http://jabber.org/protocol/muc";
 
 /// Sends a chat message with origin-id and stanza id `id`.
 async fn say(client: &mut Client, to: &str, id: &str, body: &str) {
@@ -328,17 +328,9 @@ async fn corrections_show_the_latest_text_and_a_retracted_message_cannot_be_corr
 
 /// Joins `ROOM` as `nick`; returns what arrived before the subject (presences, history).
 async fn join(client: &mut Client, nick: &str) -> Vec<Element> {
-    client
-        .send(format!(
-            "<presence to='{ROOM}/{nick}'><x xmlns='{MUC}'/></presence>"
-        ))
-        .await;
-    client
-        .expect_matching("the room subject", |e| {
-            e.is("message", ns::CLIENT) && e.has_child("subject", ns::CLIENT)
-        })
-        .await
-        .1
+    let mut arrived = muc_client::join(client, ROOM, nick, "").await;
+    arrived.pop();
+    arrived
 }
 
 /// Sends a groupchat message and returns the room's stanza-id, from the reflected copy.
